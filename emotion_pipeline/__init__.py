@@ -1,0 +1,1 @@
+"""Shared library of the emotion-pipeline stages: typed config, data, model, metrics, prediction."""

@@ -1,0 +1,160 @@
+"""Typed, validated view of ``params.yaml``.
+
+params.yaml is parsed once per stage into these objects; nothing else in the
+project reads the YAML. Every field documents itself, and every constraint is
+checked before any heavy work starts, so a typo such as ``train.lrr`` or a
+negative learning rate stops the stage with a message that names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from emotion_pipeline.errors import UserError
+from emotion_pipeline.paths import PARAMS_FILE
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(Section):
+    source: str = Field(
+        "dair-ai/emotion",
+        description="Hub dataset id, or a local folder with train/validation/test files "
+        "(.txt 'text;label' lines, .csv, .jsonl or .parquet).",
+    )
+    labels: list[str] = Field(
+        ["sadness", "joy", "love", "anger", "fear", "surprise"],
+        description="Class names; the position of a name is its class id.",
+    )
+    text_column: str = Field("text", min_length=1, description="Column holding the text (CSV/JSONL/Parquet/hub).")
+    label_column: str = Field("label", min_length=1, description="Column holding the label (CSV/JSONL/Parquet/hub).")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_distinct(cls, labels: list[str]) -> list[str]:
+        if len(labels) < 2:
+            raise ValueError("needs at least two class names")
+        if any(not name.strip() for name in labels):
+            raise ValueError("class names must be non-empty")
+        duplicates = sorted({name for name in labels if labels.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"class names must be unique; repeated: {', '.join(duplicates)}")
+        return labels
+
+
+class ModelConfig(Section):
+    name: str = Field("Qwen/Qwen3-0.6B", min_length=1, description="Hub model id or local model folder.")
+    max_length: int = Field(128, gt=0, description="Tokens kept per text; longer texts are truncated.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub; off for safety.")
+
+
+class LoraParams(Section):
+    r: int = Field(8, gt=0, description="Rank of the LoRA update matrices.")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
+        "auto",
+        description="Module names that get LoRA adapters; 'auto' picks per architecture "
+        "(see emotion_pipeline.modeling.LORA_TARGETS), 'all-linear' every linear layer but the head.",
+    )
+
+
+class TrainConfig(Section):
+    lr: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(8, gt=0, description="Examples per device per optimiser step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches accumulated per optimiser step.")
+    epochs: float = Field(3, gt=0, description="Passes over the training split.")
+    warmup_steps: int = Field(500, ge=0, description="Linear warm-up steps before the linear decay.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    seed: int = Field(42, ge=0, description="Seed for weight init of the head, LoRA, dropout and data order.")
+    eval_batch_size: int = Field(32, gt=0, description="Batch size for validation during training.")
+    logging_steps: int = Field(50, gt=0, description="Optimiser steps between logged training losses.")
+    group_by_length: bool = Field(True, description="Batch texts of similar length together to cut padding.")
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(64, gt=0, description="Sentences per forward pass when predicting the test split.")
+
+
+class MetricsConfig(Section):
+    """How a test score is computed; shared by evaluate and baseline so their files compare."""
+
+    calibration_bins: int = Field(10, gt=0, description="Confidence bins for expected calibration error.")
+    top_mistakes: int = Field(50, ge=0, description="Most confident wrong predictions listed in the quality report.")
+
+
+class ExportConfig(Section):
+    check_samples: int = Field(64, gt=0, description="Test sentences on which the export must agree with the adapter.")
+    max_prob_diff: float = Field(1e-4, gt=0, description="Largest allowed probability difference in that check.")
+
+
+class BaselineConfig(Section):
+    max_features: int = Field(50000, gt=0, description="Vocabulary size of the TF-IDF vectoriser.")
+    ngram_max: int = Field(2, gt=0, description="Longest word n-gram used as a feature.")
+    c: float = Field(10.0, gt=0, description="Inverse regularisation strength of the logistic regression.")
+    seed: int = Field(42, ge=0, description="Seed of the solver.")
+
+
+class Params(Section):
+    """All of params.yaml. Each stage uses only its own sections."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    lora: LoraParams = LoraParams()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    export: ExportConfig = ExportConfig()
+    baseline: BaselineConfig = BaselineConfig()
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; raise UserError naming the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run the stage from the project root, where params.yaml lives.") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must be a mapping of sections ({', '.join(Params.model_fields)}).")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_describe(exc, path)) from None
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    """Turn pydantic's report into one paragraph per problem that names the key."""
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section_model = _model_at(err["loc"][:-1])
+            valid = ", ".join(section_model.model_fields) if section_model else "?"
+            problems.append(f"unknown key '{key}' (valid keys here: {valid})")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"'{key}' = {err.get('input')!r} is invalid: {message}")
+    return f"{path}: " + "; ".join(problems) + "."
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model

@@ -1,0 +1,224 @@
+"""Reading the emotion data from the hub or a local folder, and the prepared Parquet splits.
+
+Every split becomes a DataFrame with two columns, ``text`` (str) and ``label`` (int class id,
+the position of the class name in ``data.labels``). Anything that cannot be mapped is a
+UserError naming the file and line, never a silently dropped row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emotion_pipeline.config import DataConfig
+from emotion_pipeline.errors import UserError
+from emotion_pipeline.paths import LABELS_FILE, PREPARED_DIR
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+# Other names a split file goes by (Kaggle ships the validation split as val.txt).
+SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
+FORMATS = (".txt", ".csv", ".jsonl", ".parquet")
+
+
+# --------------------------------------------------------------------------- loading raw data
+
+
+def load_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    """Load train/validation/test from ``cfg.source`` with labels mapped to class ids."""
+    source = Path(cfg.source).expanduser()
+    if source.exists():
+        return {split: load_local_split(source, split, cfg) for split in SPLITS}
+    if _looks_like_path(cfg.source):
+        raise UserError(
+            f"data.source: folder '{cfg.source}' does not exist. Give a local folder holding "
+            f"train/validation/test files ({', '.join(FORMATS)}) or a Hugging Face dataset id such as dair-ai/emotion."
+        )
+    return load_hub_splits(cfg)
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def load_hub_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    """Load a hub dataset through ``datasets.load_dataset``; ClassLabel ids are mapped by name."""
+    import datasets  # imported here: slow, and not needed for local folders
+
+    try:
+        dataset = datasets.load_dataset(cfg.source)
+    except Exception as exc:  # the hub raises many types: connection, auth, missing repo
+        raise UserError(
+            f"data.source: could not load '{cfg.source}' from the Hugging Face hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, set data.source to a local folder "
+            f"with train/validation/test files, for example ../shared/data/emotion."
+        ) from None
+    splits = {}
+    for split in SPLITS:
+        name = next((alias for alias in SPLIT_ALIASES[split] if alias in dataset), None)
+        if name is None:
+            raise UserError(f"data.source: hub dataset '{cfg.source}' has no '{split}' split (it has: {', '.join(dataset)}).")
+        part = dataset[name]
+        _require_columns(list(part.column_names), cfg, f"hub dataset {cfg.source} [{name}]")
+        raw_labels = part[cfg.label_column]
+        feature = part.features[cfg.label_column]
+        if hasattr(feature, "int2str"):  # a ClassLabel: map the id to its name, then through our label list
+            raw_labels = [feature.int2str(int(value)) for value in raw_labels]
+        frame = pd.DataFrame({"text": part[cfg.text_column], "label": raw_labels})
+        splits[split] = _finish(frame, cfg.labels, f"hub dataset {cfg.source} [{name}]", first_line=1, line_word="row")
+    return splits
+
+
+def find_split_file(folder: Path, split: str) -> Path:
+    """The one file in ``folder`` that holds ``split``, e.g. train.txt or val.csv."""
+    candidates = [folder / f"{alias}{ext}" for alias in SPLIT_ALIASES[split] for ext in FORMATS]
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        names = ", ".join(f"{alias}{{{','.join(FORMATS)}}}" for alias in SPLIT_ALIASES[split])
+        raise UserError(f"data.source: no {split} split file in '{folder}'; expected one of {names}.")
+    if len(found) > 1:
+        raise UserError(
+            f"data.source: several files could hold the {split} split in '{folder}': "
+            f"{', '.join(p.name for p in found)}; keep exactly one."
+        )
+    return found[0]
+
+
+def load_local_split(folder: Path, split: str, cfg: DataConfig) -> pd.DataFrame:
+    path = find_split_file(folder, split)
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty; the {split} split needs at least one example.")
+    if path.suffix == ".txt":
+        return _finish(pd.DataFrame(_read_semicolon_lines(path), columns=["text", "label"]), cfg.labels, str(path), 1)
+    if path.suffix == ".csv":
+        _check_utf8(path)
+        frame, first_line = pd.read_csv(path, dtype=str, keep_default_na=False), 2  # line 1 is the header
+    elif path.suffix == ".jsonl":
+        _check_utf8(path)
+        try:
+            frame, first_line = pd.read_json(path, lines=True, dtype=False), 1
+        except ValueError as exc:
+            raise UserError(f"{path}: not valid JSON Lines ({exc}); each line must be an object such as "
+                            f'{{"{cfg.text_column}": "...", "{cfg.label_column}": "joy"}}.') from None
+    else:
+        frame, first_line = pd.read_parquet(path), 0
+    if frame.empty:
+        raise UserError(f"{path}: the file has no rows; the {split} split needs at least one example.")
+    _require_columns(list(frame.columns), cfg, str(path))
+    frame = frame[[cfg.text_column, cfg.label_column]].set_axis(["text", "label"], axis=1)
+    return _finish(frame, cfg.labels, str(path), first_line, line_word="row" if path.suffix == ".parquet" else "line")
+
+
+def _check_utf8(path: Path) -> None:
+    for _ in _utf8_lines(path):
+        pass
+
+
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path}, line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                                f"save the file as UTF-8.") from None
+
+
+def _read_semicolon_lines(path: Path) -> list[tuple[str, str]]:
+    """Parse 'text;label' lines, splitting on the last ';' (texts may contain ';')."""
+    rows = []
+    for number, line in _utf8_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if ";" not in line:
+            raise UserError(f"{path}, line {number}: no ';' separator; each line must be 'text;label', got {line[:80]!r}.")
+        text, label = line.rsplit(";", 1)
+        rows.append((text, label.strip()))
+    if not rows:
+        raise UserError(f"{path}: the file holds only blank lines; expected 'text;label' lines.")
+    return rows
+
+
+def _require_columns(columns: list[str], cfg: DataConfig, where: str) -> None:
+    missing = [column for column in (cfg.text_column, cfg.label_column) if column not in columns]
+    if missing:
+        raise UserError(
+            f"{where}: missing column(s) {', '.join(missing)} (it has: {', '.join(map(str, columns))}). "
+            f"Rename them or set data.text_column / data.label_column."
+        )
+
+
+def _finish(frame: pd.DataFrame, labels: list[str], where: str, first_line: int, line_word: str = "line") -> pd.DataFrame:
+    """Check texts, map labels to ids; errors name the file and line of the first bad row."""
+    texts = frame["text"].astype(str)
+    empty = texts.str.strip() == ""
+    if empty.any():
+        row = int(np.flatnonzero(empty.to_numpy())[0])
+        raise UserError(f"{where}, {line_word} {row + first_line}: empty text; every example needs some text.")
+    label_ids = {name: index for index, name in enumerate(labels)}
+    ids = []
+    for row, value in enumerate(frame["label"].tolist()):
+        label_id = _label_id(value, label_ids)
+        if label_id is None:
+            raise UserError(
+                f"{where}, {line_word} {row + first_line}: unknown label {value!r}; valid labels are "
+                f"{', '.join(labels)} (or their ids 0-{len(labels) - 1}), as set in data.labels."
+            )
+        ids.append(label_id)
+    return pd.DataFrame({"text": texts.tolist(), "label": np.asarray(ids, dtype=np.int64)})
+
+
+def _label_id(value: object, label_ids: dict[str, int]) -> int | None:
+    """A class name maps through data.labels; an integer is taken as the id itself."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value in label_ids:
+            return label_ids[value]
+        if value.isdigit():
+            value = int(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) < len(label_ids):
+        return int(value)
+    return None
+
+
+# --------------------------------------------------------------------------- prepared data
+
+
+def read_prepared(prepared_dir: Path = PREPARED_DIR) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The prepared splits and the label list that prepare wrote."""
+    labels_path = prepared_dir / LABELS_FILE
+    if not labels_path.is_file():
+        raise UserError(f"{labels_path} not found: run the prepare stage first (dvc repro prepare).")
+    labels = json.loads(labels_path.read_text())["labels"]
+    return {split: pd.read_parquet(prepared_dir / f"{split}.parquet") for split in SPLITS}, labels
+
+
+def data_report(splits: dict[str, pd.DataFrame], labels: list[str]) -> dict:
+    """Rows, label counts, text lengths, duplicates and cross-split overlap, per split."""
+    report: dict = {"labels": labels, "splits": {}, "overlap": {}, "warnings": []}
+    for split, frame in splits.items():
+        counts = np.bincount(frame["label"], minlength=len(labels))
+        words = frame["text"].str.split().str.len()
+        report["splits"][split] = {
+            "rows": len(frame),
+            "label_counts": {name: int(count) for name, count in zip(labels, counts)},
+            "words": {f"p{q}": float(np.percentile(words, q)) for q in (5, 50, 95, 100)},
+            "chars": {f"p{q}": float(np.percentile(frame["text"].str.len(), q)) for q in (5, 50, 95, 100)},
+            "duplicate_texts": int(frame["text"].duplicated().sum()),
+            "duplicate_rows": int(frame.duplicated().sum()),
+        }
+        missing = [name for name, count in zip(labels, counts) if count == 0]
+        if missing:
+            report["warnings"].append(f"{split} split has no example of: {', '.join(missing)}")
+    texts = {split: set(frame["text"]) for split, frame in splits.items()}
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1 :]:
+            report["overlap"][f"{first}/{second}"] = len(texts[first] & texts[second])
+    return report

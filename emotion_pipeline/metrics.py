@@ -1,0 +1,112 @@
+"""Classification metrics shared by evaluate and baseline, so both write exactly the same keys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], calibration_bins: int = 10) -> dict:
+    """Accuracy, macro/weighted precision/recall/F1, per-class scores and calibration error.
+
+    Values are rounded to 6 decimals: enough for any comparison, and it keeps the JSON
+    identical across runs that differ only in the last float bits of a sum.
+    """
+    y_pred = probs.argmax(axis=1)
+    class_ids = list(range(len(labels)))
+    result: dict = {"accuracy": accuracy_score(y_true, y_pred), "examples": int(len(y_true))}
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=class_ids, average=average, zero_division=0
+        )
+        result.update({f"{average}_precision": precision, f"{average}_recall": recall, f"{average}_f1": f1})
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=class_ids, average=None, zero_division=0
+    )
+    result["per_class"] = {
+        name: {"precision": precision[i], "recall": recall[i], "f1": f1[i], "support": int(support[i])}
+        for i, name in enumerate(labels)
+    }
+    result["ece"] = expected_calibration_error(y_true, probs, calibration_bins)
+    return _rounded(result)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins (Guo et al., 2017)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    # Bin i holds confidences in (i/bins, (i+1)/bins]; the clip puts an exact 0 into the first bin.
+    bin_ids = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        in_bin = bin_ids == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def report_text(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> str:
+    return classification_report(y_true, y_pred, labels=list(range(len(labels))), target_names=labels,
+                                 digits=4, zero_division=0)
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(labels))))
+    return pd.DataFrame(matrix, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
+
+
+def predictions_table(texts: list[str], y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """One row per example: the table behind the confusion plot and error analysis."""
+    y_pred = probs.argmax(axis=1)
+    return pd.DataFrame({
+        "text": texts,
+        "actual": [labels[i] for i in y_true],
+        "predicted": [labels[i] for i in y_pred],
+        "confidence": np.round(probs.max(axis=1), 6),
+        "correct": y_true == y_pred,
+    })
+
+
+def quality_report(metrics: dict, table: pd.DataFrame, labels: list[str], top_mistakes: int, title: str) -> str:
+    """Markdown an engineer reads to decide what to try next."""
+    y_true = table["actual"].map({name: i for i, name in enumerate(labels)}).to_numpy()
+    y_pred = table["predicted"].map({name: i for i, name in enumerate(labels)}).to_numpy()
+    lines = [
+        f"# {title}",
+        "",
+        f"{metrics['examples']} test examples: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+        f"weighted-F1 {metrics['weighted_f1']:.4f}, expected calibration error {metrics['ece']:.4f}.",
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, scores in metrics["per_class"].items():
+        lines.append(f"| {name} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | {scores['support']} |")
+    matrix = confusion(y_true, y_pred, labels)
+    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
+              "| true \\ predicted | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(str(n) for n in matrix.loc[name]) + " |" for name in labels]
+    lines.append("")
+    mistakes = table[~table["correct"]].sort_values("confidence", ascending=False, kind="stable").head(top_mistakes)
+    lines += [f"## The {len(mistakes)} most confident mistakes", "", "| probability | true | predicted | text |",
+              "| --- | --- | --- | --- |"]
+    for row in mistakes.itertuples():
+        text = row.text.replace("|", "\\|")
+        lines.append(f"| {row.confidence:.4f} | {row.actual} | {row.predicted} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), 6)
+    return value
