@@ -195,6 +195,8 @@ class LiveLogger(TrainerCallback):
         self.live.end()
 
     def _log(self, entry: dict) -> None:
+        if "train_runtime" in entry:  # the end-of-training summary: single values, not curves
+            return
         self.live.step = entry["step"]
         for key, value in entry.items():
             if key not in ("step", "epoch") and isinstance(value, (int, float)) and not key.endswith(("runtime", "_per_second")):

@@ -1,0 +1,137 @@
+"""End to end: the real `dvc repro` on a tiny Qwen3 and 300 rows of the real data, then the
+experiment workflow a user runs: no-op repro, `dvc exp run -S`, `dvc metrics show/diff`, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from conftest import run, subprocess_env
+
+METRIC_KEYS = {"accuracy", "examples", "ece", "macro_precision", "macro_recall", "macro_f1",
+               "weighted_precision", "weighted_recall", "weighted_f1", "per_class"}
+LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+
+def declared_outputs(project: Path) -> list[Path]:
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    outs = [next(iter(out)) if isinstance(out, dict) else out for stage in stages.values() for out in stage["outs"]]
+    return [project / out for out in outs]
+
+
+def stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def check_metrics(metrics: dict, examples: int) -> None:
+    assert set(metrics) == METRIC_KEYS
+    assert metrics["examples"] == examples
+    for key in METRIC_KEYS - {"examples", "per_class"}:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert sorted(metrics["per_class"]) == sorted(LABELS)
+    assert sum(scores["support"] for scores in metrics["per_class"].values()) == examples
+    for scores in metrics["per_class"].values():
+        assert set(scores) == {"precision", "recall", "f1", "support"}
+        assert all(0.0 <= scores[key] <= 1.0 for key in ("precision", "recall", "f1"))
+
+
+EXPORT_CHECK = """
+import json, sys
+sys.modules["peft"] = None  # the export must load and predict without peft
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+import torch
+tokenizer = AutoTokenizer.from_pretrained("models/export")
+model = AutoModelForSequenceClassification.from_pretrained("models/export").eval()
+texts = json.loads(sys.stdin.read())
+with torch.inference_mode():
+    logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+print(json.dumps([model.config.id2label[i] for i in logits.argmax(-1).tolist()]))
+"""
+
+
+def adapter_labels(project: Path, texts: list[str]) -> list[str]:
+    """Labels predicted by the un-merged PEFT model (base + adapter), in a separate process."""
+    code = (
+        "import json, sys\n"
+        "from emotion_pipeline.config import load_params\n"
+        "from emotion_pipeline.modeling import load_adapter_model\n"
+        "from emotion_pipeline.paths import ADAPTER_DIR\n"
+        "from emotion_pipeline.predict import predict_proba\n"
+        "model, tokenizer = load_adapter_model(load_params().model, ADAPTER_DIR)\n"
+        "probs = predict_proba(model, tokenizer, json.loads(sys.stdin.read()))\n"
+        "print(json.dumps([model.config.id2label[int(i)] for i in probs.argmax(1)]))\n"
+    )
+    return json.loads(run_with_input([sys.executable, "-c", code], project, json.dumps(texts)).splitlines()[-1])
+
+
+def run_with_input(args: list[str], cwd: Path, stdin: str) -> str:
+    result = subprocess.run(args, cwd=cwd, input=stdin, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+def test_pipeline_end_to_end(project: Path) -> None:
+    # 1. The whole DAG runs and writes every declared output.
+    first = run(["dvc", "repro"], project)
+    assert stages_run(first.stdout) == {"prepare", "train", "evaluate", "export", "baseline"}
+    for output in declared_outputs(project):
+        assert output.exists(), f"declared output missing: {output}"
+
+    # 2. Metrics: same keys for the fine-tuned model and the baseline, values in range.
+    test_metrics = json.loads((project / "metrics/test.json").read_text())
+    check_metrics(test_metrics, examples=300)
+    check_metrics(json.loads((project / "metrics/baseline.json").read_text()), examples=300)
+    train_summary = json.loads((project / "metrics/train.json").read_text())
+    assert 0.0 <= train_summary["best_validation_macro_f1"] <= 1.0
+    assert train_summary["steps"] == 2 * math.ceil(300 / 8)  # 2 epochs at batch 8
+    assert 0 < train_summary["trainable_params"] < train_summary["total_params"]
+    report = json.loads((project / "metrics/data_report.json").read_text())
+    assert {split: info["rows"] for split, info in report["splits"].items()} == {"train": 300, "validation": 300, "test": 300}
+    predictions = (project / "metrics/predictions.csv").read_text().splitlines()
+    assert predictions[0] == "text,actual,predicted,confidence,correct" and len(predictions) == 301
+    assert "most confident mistakes" in (project / "metrics/quality_report.md").read_text()
+    assert (project / "metrics/train_log/plots/metrics/train/loss.tsv").is_file()
+    assert (project / "metrics/train_log/plots/metrics/eval/macro_f1.tsv").is_file()
+
+    # 3. The export is a plain transformers model (no peft) that predicts like the adapter.
+    config = json.loads((project / "models/export/config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(LABELS)}
+    assert config["architectures"] == ["Qwen3ForSequenceClassification"]
+    assert config["pad_token_id"] is not None
+    assert (project / "models/export/model.safetensors").is_file()
+    card = (project / "models/export/README.md").read_text()
+    assert f"{test_metrics['macro_f1']:.4f}" in card and "from_pretrained" in card
+    texts = pd.read_csv(project / "metrics/predictions.csv")["text"].head(40).tolist()
+    exported = json.loads(run_with_input([sys.executable, "-c", EXPORT_CHECK], project, json.dumps(texts)).splitlines()[-1])
+    assert exported == adapter_labels(project, texts)
+
+    # 4. Nothing changed: a second repro runs no stage.
+    second = run(["dvc", "repro"], project)
+    assert stages_run(second.stdout) == set(), second.stdout
+    run(["git", "add", "dvc.lock"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "baseline run"], project)
+
+    # 5. A train param re-runs train, evaluate and export; prepare and baseline stay cached.
+    experiment = run(["dvc", "exp", "run", "-S", "train.lr=0.001"], project)
+    assert stages_run(experiment.stdout) == {"train", "evaluate", "export"}, experiment.stdout
+
+    shown = run(["dvc", "metrics", "show"], project).stdout
+    assert "metrics/test.json" in shown and "macro_f1" in shown and "metrics/baseline.json" in shown
+    diff = run(["dvc", "metrics", "diff"], project).stdout
+    assert "metrics/train.json" in diff and "best_validation_macro_f1" in diff, diff
+    table = run(["dvc", "exp", "show", "--csv"], project).stdout
+    assert "train.lr" in table and "0.001" in table and "macro_f1" in table
+
+    # 6. An evaluate-only key re-runs nothing upstream of evaluate.
+    evaluate_only = run(["dvc", "exp", "run", "-S", "evaluate.batch_size=7"], project)
+    assert "evaluate" in stages_run(evaluate_only.stdout) <= {"evaluate", "export"}, evaluate_only.stdout
+
+    # 7. Plots render: training curves and the confusion matrix.
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
+    assert {"metrics/train_log/plots/metrics/train/loss.tsv", "metrics/train_log/plots/metrics/eval/macro_f1.tsv",
+            "Test confusion matrix"} <= set(plots)
