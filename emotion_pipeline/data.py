@@ -70,8 +70,8 @@ def load_hub_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
         feature = part.features[cfg.label_column]
         if hasattr(feature, "int2str"):  # a ClassLabel: map the id to its name, then through our label list
             raw_labels = [feature.int2str(int(value)) for value in raw_labels]
-        frame = pd.DataFrame({"text": part[cfg.text_column], "label": raw_labels})
-        splits[split] = _finish(frame, cfg.labels, f"hub dataset {cfg.source} [{name}]", first_line=1, line_word="row")
+        frame = pd.DataFrame({"text": part[cfg.text_column], "label": raw_labels}, index=range(1, len(part) + 1))
+        splits[split] = _finish(frame, cfg.labels, f"hub dataset {cfg.source} [{name}]", line_word="row")
     return splits
 
 
@@ -91,28 +91,26 @@ def find_split_file(folder: Path, split: str) -> Path:
 
 
 def load_local_split(folder: Path, split: str, cfg: DataConfig) -> pd.DataFrame:
+    """One split file as text/label-id rows; the frame index of each reader is the row's file line."""
     path = find_split_file(folder, split)
     if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty; the {split} split needs at least one example.")
+    line_word = "line"
     if path.suffix == ".txt":
-        return _finish(pd.DataFrame(_read_semicolon_lines(path), columns=["text", "label"]), cfg.labels, str(path), 1)
-    if path.suffix == ".csv":
-        _check_utf8(path)
-        frame, first_line = pd.read_csv(path, dtype=str, keep_default_na=False), 2  # line 1 is the header
+        frame = _read_semicolon_lines(path)
+    elif path.suffix == ".csv":
+        frame = _read_csv(path)
     elif path.suffix == ".jsonl":
-        _check_utf8(path)
-        try:
-            frame, first_line = pd.read_json(path, lines=True, dtype=False), 1
-        except ValueError as exc:
-            raise UserError(f"{path}: not valid JSON Lines ({exc}); each line must be an object such as "
-                            f'{{"{cfg.text_column}": "...", "{cfg.label_column}": "joy"}}.') from None
+        frame = _read_jsonl(path, cfg)
     else:
-        frame, first_line = pd.read_parquet(path), 0
+        frame, line_word = pd.read_parquet(path), "row"
+        frame.index = range(1, len(frame) + 1)
     if frame.empty:
         raise UserError(f"{path}: the file has no rows; the {split} split needs at least one example.")
-    _require_columns(list(frame.columns), cfg, str(path))
-    frame = frame[[cfg.text_column, cfg.label_column]].set_axis(["text", "label"], axis=1)
-    return _finish(frame, cfg.labels, str(path), first_line, line_word="row" if path.suffix == ".parquet" else "line")
+    if path.suffix != ".txt":
+        _require_columns(list(frame.columns), cfg, str(path))
+        frame = frame[[cfg.text_column, cfg.label_column]].set_axis(["text", "label"], axis=1)
+    return _finish(frame, cfg.labels, str(path), line_word)
 
 
 def _check_utf8(path: Path) -> None:
@@ -130,9 +128,9 @@ def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
                                 f"save the file as UTF-8.") from None
 
 
-def _read_semicolon_lines(path: Path) -> list[tuple[str, str]]:
+def _read_semicolon_lines(path: Path) -> pd.DataFrame:
     """Parse 'text;label' lines, splitting on the last ';' (texts may contain ';')."""
-    rows = []
+    rows, numbers = [], []
     for number, line in _utf8_lines(path):
         line = line.rstrip("\r\n")
         if not line.strip():
@@ -141,9 +139,35 @@ def _read_semicolon_lines(path: Path) -> list[tuple[str, str]]:
             raise UserError(f"{path}, line {number}: no ';' separator; each line must be 'text;label', got {line[:80]!r}.")
         text, label = line.rsplit(";", 1)
         rows.append((text, label.strip()))
-    if not rows:
-        raise UserError(f"{path}: the file holds only blank lines; expected 'text;label' lines.")
-    return rows
+        numbers.append(number)
+    return pd.DataFrame(rows, columns=["text", "label"], index=numbers)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    _check_utf8(path)
+    # Blank lines are kept while reading, so that row i is file line i + 2 (line 1 is the header).
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    frame.index = frame.index + 2
+    return frame[(frame != "").any(axis=1)]
+
+
+def _read_jsonl(path: Path, cfg: DataConfig) -> pd.DataFrame:
+    records, numbers = [], []
+    for number, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            record, detail = None, exc.msg
+        else:
+            detail = f"a JSON {type(record).__name__}"
+        if not isinstance(record, dict):
+            raise UserError(f"{path}, line {number}: not a JSON object ({detail}); each line must be an object such as "
+                            f'{{"{cfg.text_column}": "...", "{cfg.label_column}": "joy"}}.')
+        records.append(record)
+        numbers.append(number)
+    return pd.DataFrame.from_records(records, index=numbers)
 
 
 def _require_columns(columns: list[str], cfg: DataConfig, where: str) -> None:
@@ -155,24 +179,22 @@ def _require_columns(columns: list[str], cfg: DataConfig, where: str) -> None:
         )
 
 
-def _finish(frame: pd.DataFrame, labels: list[str], where: str, first_line: int, line_word: str = "line") -> pd.DataFrame:
-    """Check texts, map labels to ids; errors name the file and line of the first bad row."""
-    texts = frame["text"].astype(str)
-    empty = texts.str.strip() == ""
-    if empty.any():
-        row = int(np.flatnonzero(empty.to_numpy())[0])
-        raise UserError(f"{where}, {line_word} {row + first_line}: empty text; every example needs some text.")
+def _finish(frame: pd.DataFrame, labels: list[str], where: str, line_word: str = "line") -> pd.DataFrame:
+    """Check texts, map labels to ids; errors name the file and the line (the frame index) of the bad row."""
+    for number, text in frame["text"].items():
+        if pd.isna(text) or not str(text).strip():
+            raise UserError(f"{where}, {line_word} {number}: empty text ({text!r}); every example needs some text.")
     label_ids = {name: index for index, name in enumerate(labels)}
     ids = []
-    for row, value in enumerate(frame["label"].tolist()):
+    for number, value in frame["label"].items():
         label_id = _label_id(value, label_ids)
         if label_id is None:
             raise UserError(
-                f"{where}, {line_word} {row + first_line}: unknown label {value!r}; valid labels are "
+                f"{where}, {line_word} {number}: unknown label {value!r}; valid labels are "
                 f"{', '.join(labels)} (or their ids 0-{len(labels) - 1}), as set in data.labels."
             )
         ids.append(label_id)
-    return pd.DataFrame({"text": texts.tolist(), "label": np.asarray(ids, dtype=np.int64)})
+    return pd.DataFrame({"text": frame["text"].astype(str).tolist(), "label": np.asarray(ids, dtype=np.int64)})
 
 
 def _label_id(value: object, label_ids: dict[str, int]) -> int | None:

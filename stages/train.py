@@ -124,7 +124,7 @@ def main() -> None:
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),  # pad each batch to its own longest text
         compute_metrics=_validation_metrics,
-        callbacks=[LiveLogger(live)],
+        callbacks=[LogAtEpochEnd(), LiveLogger(live)],
     )
 
     started = time.perf_counter()
@@ -146,7 +146,7 @@ def main() -> None:
         "best_epoch": round(best["epoch"], 4),
         "best_step": best["step"],
         "steps": state.global_step,
-        "train_loss": round(result.training_loss, 6),
+        "train_loss": round(_mean_train_loss(state.log_history), 6),
         "trainable_params": trainable,
         "total_params": total,
     })
@@ -172,6 +172,32 @@ def _validation_metrics(prediction) -> dict[str, float]:
         "accuracy": float(accuracy_score(prediction.label_ids, predicted)),
         "macro_f1": float(f1_score(prediction.label_ids, predicted, average="macro", zero_division=0)),
     }
+
+
+def _mean_train_loss(log_history: list[dict]) -> float:
+    """Mean training loss over all steps, from the logged window means.
+
+    Trainer's own train_loss only covers the steps since the last resume; the log history,
+    restored from the checkpoint, covers the whole run.
+    """
+    total, previous_step = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - previous_step)
+            previous_step = entry["step"]
+    return total / max(previous_step, 1)
+
+
+class LogAtEpochEnd(TrainerCallback):
+    """Close the training-loss window at each epoch end, where checkpoints are saved.
+
+    A run resumed from a checkpoint then logs exactly the windows an uninterrupted run logs,
+    so its loss curve and mean loss are identical too.
+    """
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.global_step % args.logging_steps != 0:  # otherwise this step was just logged
+            control.should_log = True
 
 
 class LiveLogger(TrainerCallback):
@@ -216,7 +242,8 @@ def _run_fingerprint(train_params: dict) -> str:
 
 def _resumable_checkpoint(fingerprint: str) -> Path | None:
     """The latest checkpoint of an interrupted run with the same params and data, else None."""
-    checkpoints = sorted(CHECKPOINT_DIR.glob("checkpoint-*"), key=_step_of)
+    # Trainer writes trainer_state.json last: a checkpoint without it was cut off mid-save.
+    checkpoints = sorted((path.parent for path in CHECKPOINT_DIR.glob("checkpoint-*/trainer_state.json")), key=_step_of)
     saved = json.loads(FINGERPRINT_FILE.read_text())["fingerprint"] if FINGERPRINT_FILE.is_file() else None
     if checkpoints and saved == fingerprint:
         log.info("resuming from %s (an interrupted run with the same params and data)", checkpoints[-1])

@@ -1,0 +1,176 @@
+"""Bad params, data and models stop the real stage with exit 2 and one 'error:' paragraph, never a traceback.
+
+Every case here fails before any heavy work (no training step runs), so the file stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import SPLIT_FILES, copy_project, run_stage, set_params, tiny_params
+
+LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+
+def assert_user_error(result, *needles: str) -> None:
+    """Exit 2 with an 'error:' message naming every needle, and no traceback."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error:" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in result.stderr, f"{needle!r} not in:\n{result.stderr[-3000:]}"
+
+
+# --------------------------------------------------------------------------- params
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"train": {"lrr": 1e-4}}, "train.lrr"),
+        ({"train": {"batch_size": "eight"}}, "train.batch_size"),
+        ({"train": {"lr": 0}}, "train.lr"),
+        ({"train": {"batch_size": 0}}, "train.batch_size"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"lora": {"r": 0}}, "lora.r"),
+        ({"data": {"labels": []}}, "data.labels"),
+        ({"data": {"labels": ["joy", "fear", "joy"]}}, "data.labels"),
+        ({"model": {"max_length": 0}}, "model.max_length"),
+    ],
+    ids=["unknown-key", "wrong-type", "lr-0", "batch-0", "epochs-0", "r-0", "no-labels", "duplicate-labels",
+         "max-length-0"],
+)
+def test_bad_params_stop_the_stage(tmp_path, small_data, tiny_model, overrides, key):
+    project = copy_project(tmp_path / "p", tiny_params(small_data, tiny_model))
+    set_params(project, overrides)
+    assert_user_error(run_stage(project, "prepare"), f"'{key}'", "params.yaml")
+    assert not (project / "data" / "prepared").exists()
+
+
+# --------------------------------------------------------------------------- data
+
+
+@pytest.fixture
+def data_project(tmp_path, small_data, tiny_model) -> tuple[Path, Path]:
+    """A project copy reading a private copy of the 300-row data, which a test may break."""
+    data = shutil.copytree(small_data, tmp_path / "data")
+    return copy_project(tmp_path / "p", tiny_params(data, tiny_model)), data
+
+
+def replace_line(path: Path, number: int, new: bytes) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[number - 1] = new
+    path.write_bytes(b"".join(lines))
+
+
+def rewrite_as(data: Path, split: str, suffix: str) -> None:
+    """Replace split.txt by a file in another format whose text column is called 'sentence'."""
+    rows = [line.rsplit(";", 1) for line in (data / SPLIT_FILES[split]).read_text().splitlines()]
+    (data / SPLIT_FILES[split]).unlink()
+    if suffix == ".csv":
+        content = "sentence,label\n" + "".join(f'"{text}",{label}\n' for text, label in rows)
+    else:
+        content = "".join(json.dumps({"sentence": text, "label": label}) + "\n" for text, label in rows)
+    (data / f"{split}{suffix}").write_text(content)
+
+
+BREAKS = {
+    "missing-split": (lambda d: (d / "test.txt").unlink(), ["no test split file", "test{.txt"]),
+    "empty-file": (lambda d: (d / "validation.txt").write_text(""), ["validation.txt: the file is empty"]),
+    "no-separator": (lambda d: replace_line(d / "train.txt", 7, b"no separator here\n"),
+                     ["train.txt, line 7: no ';' separator"]),
+    "unknown-label": (lambda d: replace_line(d / "train.txt", 12, b"i feel fine;happiness\n"),
+                      ["train.txt, line 12: unknown label 'happiness'"]),
+    "empty-text": (lambda d: replace_line(d / "test.txt", 5, b";joy\n"), ["test.txt, line 5: empty text"]),
+    "non-utf8": (lambda d: replace_line(d / "validation.txt", 3, b"caf\xe9 au lait;joy\n"),
+                 ["validation.txt, line 3: not valid UTF-8"]),
+    "csv-no-text-column": (lambda d: rewrite_as(d, "train", ".csv"), ["train.csv: missing column(s) text"]),
+    "jsonl-no-text-column": (lambda d: rewrite_as(d, "train", ".jsonl"), ["train.jsonl: missing column(s) text"]),
+}
+
+
+@pytest.mark.parametrize("case", BREAKS)
+def test_bad_data_fails_and_keeps_the_previous_outputs(data_project, case):
+    project, data = data_project
+    run_stage(project, "prepare", check=True)
+    outputs = sorted((project / "data" / "prepared").glob("*")) + [project / "metrics" / "data_report.json"]
+    before = {path: path.read_bytes() for path in outputs}
+    assert len(before) == 5  # three splits, labels.json, the report
+
+    break_data, needles = BREAKS[case]
+    break_data(data)
+    assert_user_error(run_stage(project, "prepare"), *needles)
+    assert sorted((project / "data" / "prepared").glob("*")) + [project / "metrics" / "data_report.json"] == outputs
+    assert {path: path.read_bytes() for path in outputs} == before
+    assert not list((project / "data").glob(".prepared.*"))  # no staging folder left behind
+
+
+def test_a_class_missing_from_a_split_is_only_a_warning(data_project):
+    project, data = data_project
+    path = data / "validation.txt"
+    path.write_text("".join(line for line in path.read_text().splitlines(True) if not line.endswith(";surprise\n")))
+    result = run_stage(project, "prepare", check=True)
+    assert "validation split has no example of: surprise" in result.stderr
+    report = json.loads((project / "metrics" / "data_report.json").read_text())
+    assert report["splits"]["validation"]["label_counts"]["surprise"] == 0
+    assert report["warnings"] == ["validation split has no example of: surprise"]
+
+
+def test_train_test_overlap_is_reported_not_fatal(data_project):
+    project, data = data_project
+    train_lines = (data / "train.txt").read_text().splitlines(True)
+    (data / "test.txt").write_text("".join(train_lines[:3]) + (data / "test.txt").read_text())
+    result = run_stage(project, "prepare", check=True)
+
+    texts = {split: {line.rsplit(";", 1)[0] for line in (data / name).read_text().splitlines()}
+             for split, name in SPLIT_FILES.items()}
+    overlap = json.loads((project / "metrics" / "data_report.json").read_text())["overlap"]
+    assert overlap["train/test"] == len(texts["train"] & texts["test"]) >= 3
+    assert overlap["validation/test"] == len(texts["validation"] & texts["test"])
+    assert "appear in both train/test splits" in result.stderr
+
+
+# --------------------------------------------------------------------------- model
+
+
+@pytest.fixture(scope="session")
+def three_class_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model saved as a classifier with a 3-class head, as a fine-tuned checkpoint would be."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("three-class") / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return out
+
+
+def _not_a_model(tmp_path: Path, request) -> str:
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    (folder / "README.md").write_text("weights will go here\n")
+    return str(folder)
+
+
+MODELS = {
+    "missing-folder": (lambda tmp_path, request: str(tmp_path / "no-such-model"), ["model.name", "does not exist"]),
+    "not-a-model-folder": (_not_a_model, ["model.name", "no config.json"]),
+    "hub-id-offline": (lambda tmp_path, request: "emotion-tests/never-downloaded",
+                       ["model.name", "emotion-tests/never-downloaded", "hf download", "local"]),
+    "head-for-other-classes": (lambda tmp_path, request: str(request.getfixturevalue("three_class_model")),
+                               ["model.name", "classification head for 3 classes", "data.labels lists 6"]),
+}
+
+
+@pytest.mark.parametrize("case", MODELS)
+def test_bad_model_stops_train_before_training(tmp_path, small_data, tiny_model, request, case):
+    project = copy_project(tmp_path / "p", tiny_params(small_data, tiny_model))
+    run_stage(project, "prepare", check=True)
+    make_name, needles = MODELS[case]
+    set_params(project, {"model": {"name": make_name(tmp_path, request)}})
+    assert_user_error(run_stage(project, "train"), *needles)
+    assert not (project / "models" / "adapter").exists()
+    assert not (project / "metrics" / "train.json").exists()
