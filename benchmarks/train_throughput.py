@@ -44,7 +44,7 @@ def model_dir(name: str, workdir: Path) -> str:
     if name == "qwen3-0.6b-arch":  # Qwen3-0.6B's published shapes, random weights
         return str(build_tiny_qwen3(workdir / name, hidden_size=1024, layers=28, intermediate_size=3072,
                                     num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                                    max_position_embeddings=40960, rope_theta=1_000_000))
+                                    max_position_embeddings=40960))
     return name
 
 

@@ -36,10 +36,9 @@ def build_tiny_qwen3(out_dir: Path | str, hidden_size: int = 32, layers: int = 2
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
     shape = dict(hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=layers,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=hidden_size // 4)
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=hidden_size // 4, max_position_embeddings=512)
     shape.update(overrides)
-    config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id, **shape)
+    config = Qwen3Config(vocab_size=len(tokenizer), tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, **shape)
     torch.manual_seed(seed)
     Qwen3ForCausalLM(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -85,7 +85,12 @@ def test_pipeline_end_to_end(project: Path) -> None:
     # 2. Metrics: same keys for the fine-tuned model and the baseline, values in range.
     test_metrics = json.loads((project / "metrics/test.json").read_text())
     check_metrics(test_metrics, examples=300)
-    check_metrics(json.loads((project / "metrics/baseline.json").read_text()), examples=300)
+    baseline_metrics = json.loads((project / "metrics/baseline.json").read_text())
+    check_metrics(baseline_metrics, examples=300)
+    # The baseline is scored by the same code as evaluate: identical keys, down to each class.
+    assert baseline_metrics.keys() == test_metrics.keys()
+    assert {name: scores.keys() for name, scores in baseline_metrics["per_class"].items()} == \
+        {name: scores.keys() for name, scores in test_metrics["per_class"].items()}
     train_summary = json.loads((project / "metrics/train.json").read_text())
     assert 0.0 <= train_summary["best_validation_macro_f1"] <= 1.0
     assert train_summary["steps"] == 2 * math.ceil(300 / 8)  # 2 epochs at batch 8
