@@ -17,7 +17,7 @@ import pandas as pd
 
 from emotion_pipeline.config import DataConfig
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.paths import LABELS_FILE, PREPARED_DIR
+from emotion_pipeline.paths import LABELS_FILE, PREPARED_DIR, looks_like_local_path
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,12 @@ def load_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
     source = Path(cfg.source).expanduser()
     if source.exists():
         return {split: load_local_split(source, split, cfg) for split in SPLITS}
-    if _looks_like_path(cfg.source):
+    if looks_like_local_path(cfg.source):
         raise UserError(
             f"data.source: folder '{cfg.source}' does not exist. Give a local folder holding "
             f"train/validation/test files ({', '.join(FORMATS)}) or a Hugging Face dataset id such as dair-ai/emotion."
         )
     return load_hub_splits(cfg)
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
 
 
 def load_hub_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:

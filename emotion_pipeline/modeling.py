@@ -21,7 +21,7 @@ from transformers import (
 
 from emotion_pipeline.config import LoraParams, ModelConfig
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.paths import LABELS_FILE
+from emotion_pipeline.paths import LABELS_FILE, looks_like_local_path
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def check_model_source(name: str, key: str = "model.name") -> None:
                 f"{key}: '{name}' is not a model folder (no config.json in it). Give a folder saved with "
                 f"save_pretrained (config.json, model.safetensors, tokenizer files) or a hub id such as Qwen/Qwen3-0.6B."
             )
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+    elif looks_like_local_path(name):
         raise UserError(f"{key}: folder '{name}' does not exist. Give an existing local model folder or a hub id such as Qwen/Qwen3-0.6B.")
 
 

@@ -2,6 +2,11 @@
 
 from pathlib import Path
 
+
+def looks_like_local_path(source: str) -> bool:
+    """True for spellings only a path has (./x, /x, ~/x, a/b/c); a hub id is 'name' or 'org/name'."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+
 PARAMS_FILE = Path("params.yaml")
 
 # prepare

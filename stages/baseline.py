@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -50,9 +51,7 @@ def main() -> None:
     log.info("baseline test accuracy %.4f, macro-F1 %.4f", metrics["accuracy"], metrics["macro_f1"])
 
 
-def _full_proba(partial, classes, num_labels):
-    import numpy as np
-
+def _full_proba(partial: np.ndarray, classes: np.ndarray, num_labels: int) -> np.ndarray:
     probs = np.zeros((partial.shape[0], num_labels))
     probs[:, classes] = partial
     return probs
