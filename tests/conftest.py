@@ -19,6 +19,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_EMOTION = REPO.parent / "shared" / "data" / "emotion"
 SPLIT_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "test.txt"}
 
+# Params overrides that must be refused, each with the key its message must name. Used by the
+# config unit tests and by the stage-level bad-input tests.
+BAD_PARAMS = [
+    pytest.param({"train": {"lrr": 1e-4}}, "train.lrr", id="unknown-key"),
+    pytest.param({"train": {"batch_size": "eight"}}, "train.batch_size", id="wrong-type"),
+    pytest.param({"train": {"lr": 0}}, "train.lr", id="lr-0"),
+    pytest.param({"train": {"lr": -1e-4}}, "train.lr", id="lr-negative"),
+    pytest.param({"train": {"batch_size": 0}}, "train.batch_size", id="batch-0"),
+    pytest.param({"train": {"epochs": 0}}, "train.epochs", id="epochs-0"),
+    pytest.param({"lora": {"r": 0}}, "lora.r", id="r-0"),
+    pytest.param({"data": {"labels": []}}, "data.labels", id="no-labels"),
+    pytest.param({"data": {"labels": ["joy", "fear", "joy"]}}, "data.labels", id="duplicate-labels"),
+    pytest.param({"model": {"max_length": 0}}, "model.max_length", id="max-length-0"),
+]
+
 
 def subprocess_env() -> dict[str, str]:
     """Environment for stage and dvc subprocesses: offline hub, this interpreter's bin first on PATH."""

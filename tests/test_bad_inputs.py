@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SPLIT_FILES, copy_project, run_stage, set_params, tiny_params
+from conftest import BAD_PARAMS, SPLIT_FILES, copy_project, run_stage, set_params, tiny_params
 
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
@@ -27,22 +27,7 @@ def assert_user_error(result, *needles: str) -> None:
 # --------------------------------------------------------------------------- params
 
 
-@pytest.mark.parametrize(
-    ("overrides", "key"),
-    [
-        ({"train": {"lrr": 1e-4}}, "train.lrr"),
-        ({"train": {"batch_size": "eight"}}, "train.batch_size"),
-        ({"train": {"lr": 0}}, "train.lr"),
-        ({"train": {"batch_size": 0}}, "train.batch_size"),
-        ({"train": {"epochs": 0}}, "train.epochs"),
-        ({"lora": {"r": 0}}, "lora.r"),
-        ({"data": {"labels": []}}, "data.labels"),
-        ({"data": {"labels": ["joy", "fear", "joy"]}}, "data.labels"),
-        ({"model": {"max_length": 0}}, "model.max_length"),
-    ],
-    ids=["unknown-key", "wrong-type", "lr-0", "batch-0", "epochs-0", "r-0", "no-labels", "duplicate-labels",
-         "max-length-0"],
-)
+@pytest.mark.parametrize(("overrides", "key"), BAD_PARAMS)
 def test_bad_params_stop_the_stage(tmp_path, small_data, tiny_model, overrides, key):
     project = copy_project(tmp_path / "p", tiny_params(small_data, tiny_model))
     set_params(project, overrides)

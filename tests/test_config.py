@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import BAD_PARAMS
 
 from emotion_pipeline.config import Params, load_params
 from emotion_pipeline.errors import UserError
@@ -55,22 +56,7 @@ def test_unknown_section_is_named_with_the_valid_sections(tmp_path):
     assert all(section in message for section in ("data", "model", "lora", "train", "evaluate", "baseline"))
 
 
-@pytest.mark.parametrize(
-    ("params", "key"),
-    [
-        ({"train": {"batch_size": "eight"}}, "train.batch_size"),
-        ({"train": {"lr": 0}}, "train.lr"),
-        ({"train": {"lr": -1e-4}}, "train.lr"),
-        ({"train": {"batch_size": 0}}, "train.batch_size"),
-        ({"train": {"epochs": 0}}, "train.epochs"),
-        ({"lora": {"r": 0}}, "lora.r"),
-        ({"data": {"labels": []}}, "data.labels"),
-        ({"data": {"labels": ["joy", "fear", "joy"]}}, "data.labels"),
-        ({"model": {"max_length": 0}}, "model.max_length"),
-    ],
-    ids=["wrong-type", "lr-0", "lr-negative", "batch-0", "epochs-0", "r-0", "no-labels", "duplicate-labels",
-         "max-length-0"],
-)
+@pytest.mark.parametrize(("params", "key"), BAD_PARAMS)
 def test_invalid_value_names_the_key(tmp_path, params, key):
     with pytest.raises(UserError) as err:
         _load(tmp_path, params)
