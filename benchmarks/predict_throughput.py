@@ -85,6 +85,26 @@ def variant(name: str, base: str, adapter: Path, export: Path, texts: list[str],
     return loaded - start, done - loaded, labels, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def useful_flops(export: Path, texts: list[str]) -> float:
+    """FLOPs of predicting `texts` one by one without padding, counted from the exported model's shapes.
+
+    Each linear layer costs 2*in*out per token; attention adds QK^T and AV, 2*2*len*heads*head_dim
+    per token per layer. This is the work any exact fp32 path must do, whatever its batching.
+    """
+    import torch
+    from transformers import AutoConfig
+
+    from emotion_pipeline.predict import load_exported
+
+    model, tokenizer = load_exported(str(export), "cpu")
+    config = AutoConfig.from_pretrained(export)
+    per_token = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
+    attention = 2 * 2 * config.num_attention_heads * head_dim * config.num_hidden_layers
+    return sum(per_token * n + attention * n * n for n in lengths)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="base model folder (default: all-MiniLM-L6-v2 from PyPI)")
@@ -114,6 +134,22 @@ def main() -> None:
     for name, (load, seconds, labels, peak) in results.items():
         print(f"| {name} | {len(texts) / seconds:,.0f} | {seconds:.1f} s | {load:.1f} s | {peak:,.0f} MiB | "
               f"{seconds / ours_seconds:.1f}x | {labels == ours_labels} |")
+
+    # Roofline: how close each path runs to this machine's matmul peak, and so the best ratio any exact
+    # (same-precision) path could reach against the pipeline here.
+    import torch
+
+    from benchmarks.train_throughput import matmul_peak_flops
+
+    flops = useful_flops(export, texts)
+    peak = matmul_peak_flops(args.device, torch.bfloat16 if args.bf16 else torch.float32)
+    pipeline_seconds = results[names[1]][1]
+    print(f"\nUseful work: {flops / 1e9:,.0f} GFLOP for the {len(texts)} sentences; matmul peak {peak / 1e9:.1f} GFLOP/s.\n")
+    print("| predict path | achieved GFLOP/s | share of matmul peak |\n| --- | --- | --- |")
+    for name, (_, seconds, _, _) in results.items():
+        print(f"| {name} | {flops / seconds / 1e9:.1f} | {flops / seconds / peak:.0%} |")
+    print(f"\nAt 100 % of the peak a path would take {flops / peak:.1f} s: at most "
+          f"{pipeline_seconds / (flops / peak):.1f}x the pipeline's speed on this machine and model.")
 
 
 if __name__ == "__main__":

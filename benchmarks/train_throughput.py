@@ -1,19 +1,22 @@
 """Train throughput and efficiency: our training input path vs the naive recipe, same model and steps.
 
-    python benchmarks/train_throughput.py [--models tiny-qwen3 minilm qwen3-0.6b-arch] [--steps 30]
-                                          [--device cpu|cuda] [--bf16]
+    python benchmarks/train_throughput.py [--models tiny-qwen3 minilm qwen3-0.6b-arch] [--steps 50]
+                                          [--big-steps 50] [--warmup 2] [--device cpu|cuda] [--bf16]
 
+Both recipes train on the whole split (as the real job does, so the length-grouped sampler sorts
+its 400-text mega-batches) and run `--warmup` untimed steps, then the same number of timed steps.
 Ours: tokenised once, dynamic padding (each batch padded to its own longest text), length-grouped
 batches. Naive: `padding="max_length"` (128 tokens), random batches. Both run the HF Trainer
-with LoRA (our modeling.add_lora) for the same number of steps on the same texts, side by side
-in one process. For the full-size Qwen3-0.6B architecture (random weights; the real weights
+with LoRA (our modeling.add_lora) side by side in one process. For the full-size Qwen3-0.6B architecture (random weights; the real weights
 cannot be had offline) it also counts the FLOPs of our LoRA train step from the shapes and
-divides the achieved FLOP/s by this machine's fp32 matmul peak, measured in the same run.
+divides the achieved FLOP/s by this machine's fp32 matmul peak, measured in the same run, and
+profiles one step to show where its time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sys
 import tempfile
@@ -48,7 +51,29 @@ def model_dir(name: str, workdir: Path) -> str:
     return name
 
 
-def train_examples_per_second(source: str, texts, labels, steps: int, naive: bool, device: str, bf16: bool):
+def step_timer(device: str):
+    """A Trainer callback that records the wall time of every optimizer step."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self.started)
+
+    return StepTimer()
+
+
+def train_examples_per_second(source: str, texts, labels, steps: int, warmup: int, naive: bool, device: str, bf16: bool):
+    """Steady-state examples/s: the first `warmup` steps (allocator and kernel warm-up) are run but not timed."""
     import datasets
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
@@ -60,15 +85,52 @@ def train_examples_per_second(source: str, texts, labels, steps: int, naive: boo
     dataset = datasets.Dataset.from_dict({"text": texts, "labels": labels}).map(
         lambda batch: tokenizer(batch["text"], truncation=True, **padding), batched=True, remove_columns=["text"])
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=2e-4,
+        output_dir=tempfile.mkdtemp(), max_steps=warmup + steps, per_device_train_batch_size=BATCH, learning_rate=2e-4,
         train_sampling_strategy="random" if naive else "group_by_length", save_strategy="no", report_to="none",
         logging_strategy="no", disable_tqdm=True, use_cpu=device == "cpu", bf16=bf16, seed=0,
     )
-    collator = default_data_collator if naive else DataCollatorWithPadding(tokenizer)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
-    result = trainer.train()
-    tokens = sum(len(ids) for ids in dataset["input_ids"]) / len(dataset)  # mean tokens per text as trained
-    return steps * BATCH / result.metrics["train_runtime"], tokens, model
+    pad = default_data_collator if naive else DataCollatorWithPadding(tokenizer)
+    widths: list[int] = []  # padded length of every batch, in training order
+
+    def collator(features):
+        batch = pad(features)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    timer = step_timer(device)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[timer])
+    trainer.train()
+    timed = widths[warmup: warmup + steps]
+    tokens = sum(timed) / len(timed)  # tokens per text as the model saw them in the timed steps, padding included
+    return steps * BATCH / sum(timer.times[warmup:]), tokens, model, trainer
+
+
+def profile_step(model, trainer) -> list[tuple[str, float]]:
+    """Self time of one LoRA train step (forward, backward, AdamW), grouped by kind of op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = {k: v.to(model.device) for k, v in next(iter(trainer.get_train_dataloader())).items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    model.train()
+    for profiled in (False, True):  # one unprofiled step first so the profile shows steady state
+        with profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext() as prof:
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    kinds = {"matmul (aten::mm/addmm/bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+             "attention (SDPA kernels)": ("aten::_scaled_dot_product",),
+             "LoRA dropout masks (aten::bernoulli_)": ("aten::bernoulli_",),
+             "elementwise mul/add/div/silu/pow/...": ("aten::mul", "aten::add", "aten::div", "aten::silu", "aten::pow",
+                                                     "aten::rsqrt", "aten::neg", "aten::sub", "aten::mean", "aten::sum"),
+             "copies, cat, fills, allocation": ("aten::copy_", "aten::cat", "aten::fill_", "aten::empty", "aten::zero_",
+                                                "aten::clone", "aten::_to_copy")}
+    totals = dict.fromkeys(kinds, 0.0)
+    totals["everything else (optimizer, autograd, views, ...)"] = 0.0
+    for event in prof.key_averages():
+        kind = next((k for k, prefixes in kinds.items() if event.key.startswith(prefixes)),
+                    "everything else (optimizer, autograd, views, ...)")
+        totals[kind] += event.self_cpu_time_total / 1e6
+    return sorted(totals.items(), key=lambda item: -item[1])
 
 
 def matmul_peak_flops(device: str, dtype: torch.dtype, size: int = 4096, repeats: int = 10) -> float:
@@ -108,8 +170,9 @@ def lora_step_flops(model, tokens_per_text: float, seq_len: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny-qwen3", "minilm", "qwen3-0.6b-arch"])
-    parser.add_argument("--steps", type=int, default=30, help="train steps per variant (full-size arch: --big-steps)")
-    parser.add_argument("--big-steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=50, help="timed train steps per variant (50 = one length-grouped mega-batch) (full-size arch: --big-steps)")
+    parser.add_argument("--big-steps", type=int, default=50, help="timed steps for the full-size arch (~15 min on 2 cores)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones (both recipes)")
     parser.add_argument("--data", default=str(REPO.parent / "shared/data/emotion/train.txt"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true")
@@ -122,24 +185,33 @@ def main() -> None:
 
     print("| model | ours (examples/s) | naive (examples/s) | ours / naive | tokens per text (ours / naive) |")
     print("| --- | --- | --- | --- | --- |")
-    efficiency = None
+    efficiency = breakdown = None
     for name in args.models:
         source = model_dir(name, workdir)
         steps = args.big_steps if name == "qwen3-0.6b-arch" else args.steps
-        n = steps * BATCH  # same texts for both, enough for every step
-        ours, ours_tokens, model = train_examples_per_second(source, texts[:n], labels[:n], steps, False, args.device, args.bf16)
-        naive, naive_tokens, _ = train_examples_per_second(source, texts[:n], labels[:n], steps, True, args.device, args.bf16)
+        # Both recipes get the whole split, as in the real job: the length-grouped sampler sorts
+        # mega-batches of 400 texts (50 batches), which it only does for a data set this size.
+        run = (source, texts, labels, steps, args.warmup)
+        ours, ours_tokens, model, trainer = train_examples_per_second(*run, False, args.device, args.bf16)
+        naive, naive_tokens, _, _ = train_examples_per_second(*run, True, args.device, args.bf16)
         print(f"| {name} | {ours:,.1f} | {naive:,.1f} | {ours / naive:.1f}x | {ours_tokens:.1f} / {naive_tokens:.0f} |",
               flush=True)
         if name == "qwen3-0.6b-arch":
             step_flops = lora_step_flops(model, ours_tokens, ours_tokens)
             achieved = step_flops * ours / BATCH
             efficiency = (achieved, matmul_peak_flops(args.device, dtype))
-        del model
+            breakdown = profile_step(model, trainer) if args.device == "cpu" else None
+        del model, trainer
     if efficiency:
         achieved, peak = efficiency
         print(f"\nQwen3-0.6B architecture LoRA step: {achieved / 1e9:.1f} GFLOP/s achieved, "
               f"{peak / 1e9:.1f} GFLOP/s matmul peak ({args.device}, {dtype}): efficiency {achieved / peak:.2f}")
+        if breakdown:
+            total = sum(seconds for _, seconds in breakdown)
+            print(f"\nWhere one profiled step's {total:.2f} s go (torch.profiler, self CPU time):\n")
+            print("| kind of op | seconds | share |\n| --- | --- | --- |")
+            for kind, seconds in breakdown:
+                print(f"| {kind} | {seconds:.2f} | {seconds / total:.0%} |")
     print(f"peak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
 
 
