@@ -86,23 +86,14 @@ def variant(name: str, base: str, adapter: Path, export: Path, texts: list[str],
 
 
 def useful_flops(export: Path, texts: list[str]) -> float:
-    """FLOPs of predicting `texts` one by one without padding, counted from the exported model's shapes.
-
-    Each linear layer costs 2*in*out per token; attention adds QK^T and AV, 2*2*len*heads*head_dim
-    per token per layer. This is the work any exact fp32 path must do, whatever its batching.
-    """
-    import torch
-    from transformers import AutoConfig
-
+    """FLOPs of predicting `texts` one by one without padding: the work any exact fp32 path must do,
+    whatever its batching (counted from the exported model's shapes by forward_flops)."""
+    from benchmarks.train_throughput import forward_flops
     from emotion_pipeline.predict import load_exported
 
     model, tokenizer = load_exported(str(export), "cpu")
-    config = AutoConfig.from_pretrained(export)
-    per_token = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
-    attention = 2 * 2 * config.num_attention_heads * head_dim * config.num_hidden_layers
-    return sum(per_token * n + attention * n * n for n in lengths)
+    return sum(forward_flops(model, n, n) for n in lengths)
 
 
 def main() -> None:

@@ -7,9 +7,9 @@ Both recipes train on the whole split (as the real job does, so the length-group
 its 400-text mega-batches) and run `--warmup` untimed steps, then the same number of timed steps.
 Ours: tokenised once, dynamic padding (each batch padded to its own longest text), length-grouped
 batches. Naive: `padding="max_length"` (128 tokens), random batches. Both run the HF Trainer
-with LoRA (our modeling.add_lora) side by side in one process. For the full-size Qwen3-0.6B architecture (random weights; the real weights
-cannot be had offline) it also counts the FLOPs of our LoRA train step from the shapes and
-divides the achieved FLOP/s by this machine's fp32 matmul peak, measured in the same run, and
+with LoRA (our modeling.add_lora) side by side in one process. For the full-size Qwen3-0.6B
+architecture (random weights; the real weights cannot be had offline) it also counts the FLOPs of
+our LoRA train step from the shapes and divides the achieved FLOP/s by this machine's fp32 matmul peak, measured in the same run, and
 profiles one step to show where its time goes.
 """
 
@@ -124,11 +124,10 @@ def profile_step(model, trainer) -> list[tuple[str, float]]:
                                                      "aten::rsqrt", "aten::neg", "aten::sub", "aten::mean", "aten::sum"),
              "copies, cat, fills, allocation": ("aten::copy_", "aten::cat", "aten::fill_", "aten::empty", "aten::zero_",
                                                 "aten::clone", "aten::_to_copy")}
-    totals = dict.fromkeys(kinds, 0.0)
-    totals["everything else (optimizer, autograd, views, ...)"] = 0.0
+    other = "everything else (optimizer, autograd, views, ...)"
+    totals = dict.fromkeys([*kinds, other], 0.0)
     for event in prof.key_averages():
-        kind = next((k for k, prefixes in kinds.items() if event.key.startswith(prefixes)),
-                    "everything else (optimizer, autograd, views, ...)")
+        kind = next((k for k, prefixes in kinds.items() if event.key.startswith(prefixes)), other)
         totals[kind] += event.self_cpu_time_total / 1e6
     return sorted(totals.items(), key=lambda item: -item[1])
 
@@ -146,31 +145,32 @@ def matmul_peak_flops(device: str, dtype: torch.dtype, size: int = 4096, repeats
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def lora_step_flops(model, tokens_per_text: float, seq_len: float) -> float:
-    """FLOPs of one LoRA train step from the shapes.
+def forward_flops(model, tokens: float, seq_len: float) -> float:
+    """Matmul FLOPs of a forward pass over `tokens` tokens in sequences of `seq_len`, from the shapes.
 
-    Every linear layer costs 2*in*out per token forward and again backward for the input gradient;
-    only LoRA matrices and the head also need a weight gradient (another 2*in*out). Attention adds
-    QK^T and AV: 2 * 2 * seq * head_dim * heads per token per layer, forward and input-grad backward.
-    The embedding lookup does no matmul.
+    Every linear layer costs 2*in*out per token; attention adds QK^T and AV, 2*2*seq_len*heads*head_dim
+    per token per layer. The embedding lookup does no matmul.
     """
-    tokens = BATCH * tokens_per_text
-    flops = 0.0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            per_token = 2 * module.in_features * module.out_features
-            trainable = module.weight.requires_grad
-            flops += tokens * per_token * (3 if trainable else 2)
     config = model.config
-    attention = 2 * 2 * seq_len * config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
-    flops += tokens * attention * config.num_hidden_layers * 2
-    return flops
+    linear = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attention = 2 * 2 * seq_len * config.num_attention_heads * head_dim * config.num_hidden_layers
+    return tokens * (linear + attention)
+
+
+def lora_step_flops(model, tokens_per_text: float, seq_len: float) -> float:
+    """FLOPs of one LoRA train step: the forward, the same again backward for the input gradients,
+    and a weight gradient (another 2*in*out per token) for the trainable LoRA matrices and head only."""
+    tokens = BATCH * tokens_per_text
+    weight_gradients = sum(2 * m.in_features * m.out_features for m in model.modules()
+                           if isinstance(m, torch.nn.Linear) and m.weight.requires_grad)
+    return 2 * forward_flops(model, tokens, seq_len) + tokens * weight_gradients
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny-qwen3", "minilm", "qwen3-0.6b-arch"])
-    parser.add_argument("--steps", type=int, default=50, help="timed train steps per variant (50 = one length-grouped mega-batch) (full-size arch: --big-steps)")
+    parser.add_argument("--steps", type=int, default=50, help="timed train steps per variant, full-size arch aside (50 = one length-grouped mega-batch)")
     parser.add_argument("--big-steps", type=int, default=50, help="timed steps for the full-size arch (~15 min on 2 cores)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones (both recipes)")
     parser.add_argument("--data", default=str(REPO.parent / "shared/data/emotion/train.txt"))
