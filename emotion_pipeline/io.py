@@ -1,29 +1,40 @@
-"""Writing outputs so that a crash leaves either the previous complete output or none.
+"""Writing outputs so that a crash or Ctrl-C leaves either the previous complete output or none.
 
 Files are written beside their destination and moved into place with os.replace (atomic on
-POSIX); folders are built under a temporary name and swapped in only once complete.
+POSIX); folders are built under a temporary name and swapped in only once complete. The
+temporary names start with '.' and end in '.tmp', which .dvcignore hides from DVC. Files and
+folders are created with the ordinary modes (0666 / 0777 less the umask), so a model written
+here can be read by another user on a shared server, as any other file would.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
 def write_text(path: Path | str, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False, encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
+    staging = _temporary_name(path)
+    try:
+        with staging.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path | str, data: object) -> None:
@@ -33,11 +44,13 @@ def write_json(path: Path | str, data: object) -> None:
 
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a fresh temporary folder; on success it replaces ``path``, on error it is removed."""
+    """Yield a fresh temporary folder; on success it replaces ``path``, on any error or interrupt it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    staging = _temporary_name(path)
     try:
+        # Created inside the try: an interrupt right after mkdir must still remove it.
+        staging.mkdir()
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -6,6 +6,7 @@ same code serves the real Qwen3-0.6B job, an air-gapped copy of it, and the tiny
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,7 +22,9 @@ from transformers import (
 
 from emotion_pipeline.config import LoraParams, ModelConfig
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.paths import LABELS_FILE, looks_like_local_path
+from emotion_pipeline.paths import EXPORT_DIR
+from emotion_pipeline.prepared import read_labels
+from emotion_pipeline.sources import not_local_either, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +51,45 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def check_model_source(name: str, key: str = "model.name") -> None:
-    """A local folder must exist and hold a config.json; anything else is tried as a hub id."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise UserError(
-                f"{key}: '{name}' is not a model folder (no config.json in it). Give a folder saved with "
-                f"save_pretrained (config.json, model.safetensors, tokenizer files) or a hub id such as Qwen/Qwen3-0.6B."
-            )
-    elif looks_like_local_path(name):
-        raise UserError(f"{key}: folder '{name}' does not exist. Give an existing local model folder or a hub id such as Qwen/Qwen3-0.6B.")
+def resolve_model(name: str, key: str = "model.name") -> str:
+    """Where to load ``name`` from: an absolute local model folder, or a hub id (checked when loaded)."""
+    source = resolve_source(name, key, "an existing local model folder (saved with save_pretrained) or a hub id "
+                                       "such as Qwen/Qwen3-0.6B")
+    if isinstance(source, Path):
+        _check_model_folder(name, source, key)
+    return str(source)
 
 
-def _hub_error(name: str, exc: Exception, key: str = "model.name") -> UserError:
+def _check_model_folder(name: str, folder: Path, key: str) -> None:
+    if (folder / "config.json").is_file():
+        return
+    if (folder / "adapter_config.json").is_file():
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "not recorded"
+        raise UserError(
+            f"{key}: '{name}' holds a LoRA adapter (adapter_config.json), not a full model, so it cannot be the base "
+            f"to train from. Give its base model (the adapter names '{base}'), or a merged export such as "
+            f"{EXPORT_DIR}, which holds the full weights."
+        )
+    what = "a file, not a folder" if folder.is_file() else "no config.json in it"
+    raise UserError(
+        f"{key}: '{name}' is not a model folder ({what}). Give a folder saved with save_pretrained "
+        f"(config.json, model.safetensors, tokenizer files) or a hub id such as Qwen/Qwen3-0.6B."
+    )
+
+
+def _hub_error(location: str, exc: Exception, key: str = "model.name") -> UserError:
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if Path(name).expanduser().exists():
-        return UserError(f"{key}: could not load the model in '{name}': {first_line}")
+    if Path(location).exists():
+        return UserError(f"{key}: could not load the model in '{location}': {first_line}")
     return UserError(
-        f"{key}: could not load '{name}' from the Hugging Face hub ({first_line}). Offline, fetch it on a "
-        f"connected machine (hf download {name} --local-dir <folder>), copy the folder here and set {key} to it."
+        f"{key}: could not load '{location}' from the Hugging Face hub ({first_line}), and {not_local_either(location)}. "
+        f"Offline, fetch it on a connected machine (hf download {location} --local-dir <folder>), copy the folder here "
+        f"and set {key} to it."
     )
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
-    """The tokenizer saved in ``source`` (a model or adapter folder, or a hub id) with a pad token for batching."""
+    """The tokenizer saved in ``source`` (a resolved model or adapter folder, or a hub id) with a pad token for batching."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -88,15 +105,15 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
 def load_classifier_base(cfg: ModelConfig, labels: list[str], pad_token_id: int, dtype: torch.dtype) -> PreTrainedModel:
     """The base model with a classification head for ``labels`` (newly initialised unless it matches)."""
-    check_model_source(cfg.name)
+    location = resolve_model(cfg.name)
     try:
-        existing = AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+        existing = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise _hub_error(cfg.name, exc) from None
+        raise _hub_error(location, exc) from None
     _check_existing_head(cfg.name, existing, labels)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.name,
+            location,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
@@ -105,7 +122,7 @@ def load_classifier_base(cfg: ModelConfig, labels: list[str], pad_token_id: int,
             use_safetensors=True,
         )
     except (OSError, ValueError) as exc:
-        raise _hub_error(cfg.name, exc) from None
+        raise _hub_error(location, exc) from None
     # Sequence classification pools the last non-pad token; without pad_token_id a batch of more
     # than one padded text cannot be classified (Qwen3 configs leave it unset).
     model.config.pad_token_id = pad_token_id
@@ -136,10 +153,24 @@ def add_lora(model: PreTrainedModel, params: LoraParams) -> PeftModel:
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=params.r, lora_alpha=params.alpha,
                         lora_dropout=params.dropout, target_modules=targets)
     try:
-        return get_peft_model(model, config)
+        peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise UserError(f"lora.target_modules: {targets!r} does not fit {model.config.model_type} ({exc}). "
                         f"Use 'auto', 'all-linear' or module names that exist in the model.") from None
+    _sort_set_fields(config)
+    return peft_model
+
+
+def _sort_set_fields(config: LoraConfig) -> None:
+    """Replace the sets peft builds (target_modules, ...) by sorted lists.
+
+    peft turns module lists into sets, and a set's order follows PYTHONHASHSEED: saved as is,
+    adapter_config.json would differ between identical runs and DVC would re-run evaluate and export.
+    """
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, (set, frozenset)):
+            setattr(config, field.name, sorted(value))
 
 
 def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, dtype: torch.dtype = torch.float32) -> tuple[PeftModel, object]:
@@ -151,7 +182,7 @@ def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, dtype: torch.dtype =
     if not (adapter_dir / "adapter_config.json").is_file():
         raise UserError(f"{adapter_dir}: no trained adapter found; run the train stage first (dvc repro train).")
     tokenizer = load_tokenizer(str(adapter_dir))
-    labels = json.loads((adapter_dir / LABELS_FILE).read_text())["labels"]
+    labels = read_labels(adapter_dir)
     base = load_classifier_base(cfg, labels, tokenizer.pad_token_id, dtype)
     model = PeftModel.from_pretrained(base, adapter_dir)
     model.eval()

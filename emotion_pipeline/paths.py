@@ -2,16 +2,10 @@
 
 from pathlib import Path
 
-
-def looks_like_local_path(source: str) -> bool:
-    """True for spellings only a path has (./x, /x, ~/x, a/b/c); a hub id is 'name' or 'org/name'."""
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
-
 PARAMS_FILE = Path("params.yaml")
 
 # prepare
-PREPARED_DIR = Path("data/prepared")  # {train,validation,test}.parquet + labels.json
-LABELS_FILE = "labels.json"  # the class names, in id order; also saved beside the adapter
+PREPARED_DIR = Path("data/prepared")  # {train,validation,test}.parquet + labels.json (emotion_pipeline.prepared)
 DATA_REPORT = Path("metrics/data_report.json")
 
 # train

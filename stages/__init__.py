@@ -1,1 +1,1 @@
-"""Pipeline stages, one module each, run by dvc.yaml as `python -m stages.<name>`."""
+"""Pipeline stages, one module each with a main(), run by dvc.yaml as `python -m stages <name>`."""

@@ -14,15 +14,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from emotion_pipeline.config import load_params
-from emotion_pipeline.data import read_prepared
-from emotion_pipeline.errors import run_stage
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.metrics import (
     classification_metrics,
     predictions_table,
     quality_report,
 )
-from emotion_pipeline.paths import BASELINE_METRICS, BASELINE_QUALITY_REPORT
+from emotion_pipeline.paths import BASELINE_METRICS, BASELINE_QUALITY_REPORT, PREPARED_DIR
+from emotion_pipeline.prepared import read_prepared
 
 log = logging.getLogger("baseline")
 
@@ -31,7 +30,7 @@ log = logging.getLogger("baseline")
 def main() -> None:
     params = load_params()
     cfg = params.baseline
-    splits, labels = read_prepared()
+    splits, labels = read_prepared(PREPARED_DIR)
     train, test = splits["train"], splits["test"]
 
     classifier = make_pipeline(
@@ -55,7 +54,3 @@ def _full_proba(partial: np.ndarray, classes: np.ndarray, num_labels: int) -> np
     probs = np.zeros((partial.shape[0], num_labels))
     probs[:, classes] = partial
     return probs
-
-
-if __name__ == "__main__":
-    run_stage(main)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 
 from emotion_pipeline.config import load_params
-from emotion_pipeline.data import read_prepared
-from emotion_pipeline.errors import run_stage
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.metrics import (
     classification_metrics,
@@ -18,8 +16,9 @@ from emotion_pipeline.metrics import (
     report_text,
 )
 from emotion_pipeline.modeling import load_adapter_model
-from emotion_pipeline.paths import ADAPTER_DIR, CLASSIFICATION_REPORT, PREDICTIONS, QUALITY_REPORT, TEST_METRICS
+from emotion_pipeline.paths import ADAPTER_DIR, CLASSIFICATION_REPORT, PREDICTIONS, PREPARED_DIR, QUALITY_REPORT, TEST_METRICS
 from emotion_pipeline.predict import predict_proba
+from emotion_pipeline.prepared import read_prepared
 
 log = logging.getLogger("evaluate")
 
@@ -28,7 +27,7 @@ log = logging.getLogger("evaluate")
 def main() -> None:
     params = load_params()
     cfg = params.evaluate
-    splits, labels = read_prepared()
+    splits, labels = read_prepared(PREPARED_DIR)
     test = splits["test"]
 
     model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR)
@@ -45,7 +44,3 @@ def main() -> None:
     write_text(PREDICTIONS, table.to_csv(index=False))
     write_text(QUALITY_REPORT, quality_report(metrics, table, labels, params.metrics.top_mistakes, f"Test quality of {params.model.name} + LoRA"))
     log.info("test accuracy %.4f, macro-F1 %.4f, ECE %.4f", metrics["accuracy"], metrics["macro_f1"], metrics["ece"])
-
-
-if __name__ == "__main__":
-    run_stage(main)

@@ -15,12 +15,11 @@ import logging
 import numpy as np
 
 from emotion_pipeline.config import load_params
-from emotion_pipeline.data import read_prepared
-from emotion_pipeline.errors import run_stage
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.modeling import load_adapter_model
-from emotion_pipeline.paths import ADAPTER_DIR, EXPORT_CHECK, EXPORT_DIR, TEST_METRICS, TRAINING_PARAMS_FILE
+from emotion_pipeline.paths import ADAPTER_DIR, EXPORT_CHECK, EXPORT_DIR, PREPARED_DIR, TEST_METRICS, TRAINING_PARAMS_FILE
 from emotion_pipeline.predict import load_exported, predict_proba
+from emotion_pipeline.prepared import read_prepared
 
 log = logging.getLogger("export")
 
@@ -33,7 +32,7 @@ class ExportMismatch(RuntimeError):
 def main() -> None:
     params = load_params()
     cfg = params.export
-    splits, labels = read_prepared()
+    splits, labels = read_prepared(PREPARED_DIR)
     sample = splits["test"]["text"].tolist()[: cfg.check_samples]
 
     adapter_model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR)
@@ -120,7 +119,3 @@ Or from the shell: `python -m emotion_pipeline.predict {EXPORT_DIR} "i feel so h
 {params_yaml}
 ```
 """
-
-
-if __name__ == "__main__":
-    run_stage(main)

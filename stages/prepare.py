@@ -1,18 +1,25 @@
 """prepare: raw data (hub id or local folder) -> data/prepared/*.parquet + metrics/data_report.json.
 
 Reads params section: data.
+
+The story: read the three splits in whatever format they come (emotion_pipeline.raw_data checks
+every row and names the file and line of a bad one), describe them in a data report (rows,
+label counts, lengths, duplicates, texts shared between splits), and write them as Parquet with
+the label file, which every later stage reads.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
+import numpy as np
+import pandas as pd
+
 from emotion_pipeline.config import load_params
-from emotion_pipeline.data import data_report, load_splits
-from emotion_pipeline.errors import run_stage
 from emotion_pipeline.io import atomic_dir, write_json
-from emotion_pipeline.paths import DATA_REPORT, LABELS_FILE, PREPARED_DIR
+from emotion_pipeline.paths import DATA_REPORT, PREPARED_DIR
+from emotion_pipeline.prepared import SPLITS, write_prepared
+from emotion_pipeline.raw_data import load_splits
 
 log = logging.getLogger("prepare")
 
@@ -30,12 +37,31 @@ def main() -> None:
             log.warning("%d texts appear in both %s splits (kept; see %s)", count, pair, DATA_REPORT)
 
     with atomic_dir(PREPARED_DIR) as staging:
-        for split, frame in splits.items():
-            frame.to_parquet(staging / f"{split}.parquet", index=False)
-            log.info("%s: %d rows", split, len(frame))
-        (staging / LABELS_FILE).write_text(json.dumps({"labels": cfg.labels}, indent=2) + "\n")
+        write_prepared(staging, splits, cfg.labels)
+    for split, frame in splits.items():
+        log.info("%s: %d rows", split, len(frame))
     write_json(DATA_REPORT, report)
 
 
-if __name__ == "__main__":
-    run_stage(main)
+def data_report(splits: dict[str, pd.DataFrame], labels: list[str]) -> dict:
+    """Rows, label counts, text lengths, duplicates and cross-split overlap, per split."""
+    report: dict = {"labels": labels, "splits": {}, "overlap": {}, "warnings": []}
+    for split, frame in splits.items():
+        counts = np.bincount(frame["label"], minlength=len(labels))
+        words = frame["text"].str.split().str.len()
+        report["splits"][split] = {
+            "rows": len(frame),
+            "label_counts": {name: int(count) for name, count in zip(labels, counts)},
+            "words": {f"p{q}": float(np.percentile(words, q)) for q in (5, 50, 95, 100)},
+            "chars": {f"p{q}": float(np.percentile(frame["text"].str.len(), q)) for q in (5, 50, 95, 100)},
+            "duplicate_texts": int(frame["text"].duplicated().sum()),
+            "duplicate_rows": int(frame.duplicated().sum()),
+        }
+        missing = [name for name, count in zip(labels, counts) if count == 0]
+        if missing:
+            report["warnings"].append(f"{split} split has no example of: {', '.join(missing)}")
+    texts = {split: set(frame["text"]) for split, frame in splits.items()}
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1 :]:
+            report["overlap"][f"{first}/{second}"] = len(texts[first] & texts[second])
+    return report

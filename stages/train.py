@@ -11,65 +11,45 @@ resumes where it stopped on the next `dvc repro`, provided params and data are u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import shutil
 import time
-from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-from dvclive import Live
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import (
-    DataCollatorWithPadding,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
+from emotion_pipeline.checkpoints import finish, resumable_checkpoint, run_fingerprint, step_of
 from emotion_pipeline.config import load_params
-from emotion_pipeline.data import read_prepared
-from emotion_pipeline.errors import run_stage
 from emotion_pipeline.io import atomic_dir, write_json
-from emotion_pipeline.modeling import (
-    add_lora,
-    best_dtype,
-    check_model_source,
-    default_device,
-    load_classifier_base,
-    load_tokenizer,
-)
+from emotion_pipeline.modeling import add_lora, best_dtype, default_device, load_classifier_base, load_tokenizer, resolve_model
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     CHECKPOINT_DIR,
-    LABELS_FILE,
     PREPARED_DIR,
     TRAIN_LOG_DIR,
     TRAIN_METRICS,
     TRAIN_RUN_INFO,
     TRAINING_PARAMS_FILE,
 )
+from emotion_pipeline.prepared import read_prepared, write_labels
+from emotion_pipeline.train_log import LiveLogger, LogAtEpochEnd, mean_train_loss, open_live
 
 log = logging.getLogger("train")
-
-FINGERPRINT_FILE = CHECKPOINT_DIR / "fingerprint.json"
 
 
 def main() -> None:
     params = load_params()
     model_cfg, lora_cfg, train_cfg = params.model, params.lora, params.train
-    splits, labels = read_prepared()
-    check_model_source(model_cfg.name)
+    splits, labels = read_prepared(PREPARED_DIR)
 
     # Seed before the model is built: the new classification head and LoRA matrices are random.
     set_seed(train_cfg.seed)
     device = default_device()
     dtype = best_dtype(device)
-    tokenizer = load_tokenizer(model_cfg.name, model_cfg.trust_remote_code)
+    tokenizer = load_tokenizer(resolve_model(model_cfg.name), model_cfg.trust_remote_code)
     model = load_classifier_base(model_cfg, labels, tokenizer.pad_token_id, dtype)
     model = add_lora(model, lora_cfg)
     trainable, total = model.get_nb_trainable_parameters()
@@ -85,8 +65,8 @@ def main() -> None:
     train_set, validation_set = tokenize(splits["train"]), tokenize(splits["validation"])
 
     train_params = params.model_dump(include={"model", "lora", "train"})
-    fingerprint = _run_fingerprint(train_params)
-    resume_from = _resumable_checkpoint(fingerprint)
+    fingerprint = run_fingerprint(train_params, PREPARED_DIR)
+    resume_from = resumable_checkpoint(CHECKPOINT_DIR, fingerprint)
 
     args = TrainingArguments(
         output_dir=str(CHECKPOINT_DIR),
@@ -115,7 +95,7 @@ def main() -> None:
         report_to="none",  # dvclive is attached explicitly below, with dvcyaml=False
         dataloader_num_workers=0,
     )
-    live = Live(TRAIN_LOG_DIR, dvcyaml=False, save_dvc_exp=False, report=None)
+    live = open_live(TRAIN_LOG_DIR)
     trainer = Trainer(
         model=model,
         args=args,
@@ -135,7 +115,7 @@ def main() -> None:
     with atomic_dir(ADAPTER_DIR) as staging:
         trainer.model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
+        write_labels(staging, labels)
         (staging / TRAINING_PARAMS_FILE).write_text(json.dumps(train_params, indent=2, sort_keys=True) + "\n")
 
     state = trainer.state
@@ -146,7 +126,7 @@ def main() -> None:
         "best_epoch": round(best["epoch"], 4),
         "best_step": best["step"],
         "steps": state.global_step,
-        "train_loss": round(_mean_train_loss(state.log_history), 6),
+        "train_loss": round(mean_train_loss(state.log_history), 6),
         "trainable_params": trainable,
         "total_params": total,
     })
@@ -154,15 +134,11 @@ def main() -> None:
     write_json(TRAIN_RUN_INFO, {
         "device": device.type,
         "dtype": str(dtype).removeprefix("torch."),
-        "resumed_from_step": _step_of(resume_from),
+        "resumed_from_step": step_of(resume_from),
         "runtime_s": round(runtime, 1),
         "train_samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
     })
-    # The adapter is safe; checkpoints only serve crash recovery, and a finished run must not be
-    # "resumed" by a forced re-run.
-    for checkpoint in CHECKPOINT_DIR.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint)
-    write_json(FINGERPRINT_FILE, {"fingerprint": fingerprint, "finished": True})
+    finish(CHECKPOINT_DIR, fingerprint)  # the adapter is safe; checkpoints only served crash recovery
     log.info("best validation macro-F1 %.4f at epoch %s; adapter saved to %s", best["eval_macro_f1"], best["epoch"], ADAPTER_DIR)
 
 
@@ -172,94 +148,3 @@ def _validation_metrics(prediction) -> dict[str, float]:
         "accuracy": float(accuracy_score(prediction.label_ids, predicted)),
         "macro_f1": float(f1_score(prediction.label_ids, predicted, average="macro", zero_division=0)),
     }
-
-
-def _mean_train_loss(log_history: list[dict]) -> float:
-    """Mean training loss over all steps, from the logged window means.
-
-    Trainer's own train_loss only covers the steps since the last resume; the log history,
-    restored from the checkpoint, covers the whole run.
-    """
-    total, previous_step = 0.0, 0
-    for entry in log_history:
-        if "loss" in entry:
-            total += entry["loss"] * (entry["step"] - previous_step)
-            previous_step = entry["step"]
-    return total / max(previous_step, 1)
-
-
-class LogAtEpochEnd(TrainerCallback):
-    """Close the training-loss window at each epoch end, where checkpoints are saved.
-
-    A run resumed from a checkpoint then logs exactly the windows an uninterrupted run logs,
-    so its loss curve and mean loss are identical too.
-    """
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if state.global_step % args.logging_steps != 0:  # otherwise this step was just logged
-            control.should_log = True
-
-
-class LiveLogger(TrainerCallback):
-    """Sends Trainer logs to dvclive at the optimiser step they belong to.
-
-    On resume, Trainer restores the log history from the checkpoint; replaying it into a fresh
-    Live makes the plots of a resumed run identical to those of an uninterrupted one.
-    """
-
-    def __init__(self, live: Live):
-        self.live = live
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        for entry in state.log_history:
-            self._log(entry)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self._log({**(logs or {}), "step": state.global_step})
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.live.end()
-
-    def _log(self, entry: dict) -> None:
-        if "train_runtime" in entry:  # the end-of-training summary: single values, not curves
-            return
-        self.live.step = entry["step"]
-        for key, value in entry.items():
-            if key not in ("step", "epoch") and isinstance(value, (int, float)) and not key.endswith(("runtime", "_per_second")):
-                section = "eval" if key.startswith("eval_") else "train"
-                self.live.log_metric(f"{section}/{key.removeprefix('eval_')}", value)
-        self.live.make_summary()
-
-
-def _run_fingerprint(train_params: dict) -> str:
-    """Hash of everything a checkpoint depends on: the params sections and the prepared data."""
-    digest = hashlib.sha256(json.dumps(train_params, sort_keys=True).encode())
-    for path in sorted(PREPARED_DIR.iterdir()):
-        digest.update(path.name.encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def _resumable_checkpoint(fingerprint: str) -> Path | None:
-    """The latest checkpoint of an interrupted run with the same params and data, else None."""
-    # Trainer writes trainer_state.json last: a checkpoint without it was cut off mid-save.
-    checkpoints = sorted((path.parent for path in CHECKPOINT_DIR.glob("checkpoint-*/trainer_state.json")), key=_step_of)
-    saved = json.loads(FINGERPRINT_FILE.read_text())["fingerprint"] if FINGERPRINT_FILE.is_file() else None
-    if checkpoints and saved == fingerprint:
-        log.info("resuming from %s (an interrupted run with the same params and data)", checkpoints[-1])
-        return checkpoints[-1]
-    if checkpoints:
-        log.warning("ignoring %d checkpoint(s) in %s: they come from a run with other params or data; starting fresh",
-                    len(checkpoints), CHECKPOINT_DIR)
-    shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
-    CHECKPOINT_DIR.mkdir(parents=True)
-    write_json(FINGERPRINT_FILE, {"fingerprint": fingerprint, "finished": False})
-    return None
-
-
-def _step_of(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
-
-
-if __name__ == "__main__":
-    run_stage(main)

@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+# In-process tests load models and datasets too: never wait on the hub (read when huggingface_hub is imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_EMOTION = REPO.parent / "shared" / "data" / "emotion"
 SPLIT_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "test.txt"}
@@ -129,11 +133,12 @@ def project(tmp_path: Path, small_data: Path, tiny_model: Path) -> Path:
     return copy_project(tmp_path / "project", tiny_params(small_data, tiny_model))
 
 
-def run(args: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, check: bool = True, timeout: int = 900,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a command (python modules via this interpreter) and return its output; on failure show it."""
     if args[0] in ("python", "dvc"):
         args = [sys.executable, *(["-m", "dvc"] if args[0] == "dvc" else []), *args[1:]]
-    result = subprocess.run(args, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
                              f"\n--- stderr\n{result.stderr[-6000:]}")
@@ -141,4 +146,4 @@ def run(args: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> s
 
 
 def run_stage(project: Path, stage: str, check: bool = False) -> subprocess.CompletedProcess:
-    return run(["python", "-m", f"stages.{stage}"], cwd=project, check=check)
+    return run(["python", "-m", "stages", stage], cwd=project, check=check)

@@ -1,18 +1,55 @@
-"""Bad params, data and models stop the real stage with exit 2 and one 'error:' paragraph, never a traceback.
+"""Bad params, data and models stop the stage with exit 2 and one 'error:' paragraph, never a traceback.
 
-Every case here fails before any heavy work (no training step runs), so the file stays fast.
+Every case fails before any heavy work (no training step runs). Most run the stage's main()
+through the same run_stage wrapper as `python -m stages <name>`, in this process; one case of
+each kind (bad params, bad model) also runs as a real subprocess, as dvc runs it.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BAD_PARAMS, SPLIT_FILES, copy_project, run_stage, set_params, tiny_params
+from conftest import BAD_PARAMS, REPO, SPLIT_FILES, copy_project, run_stage, set_params, tiny_params
+
+from emotion_pipeline import errors
 
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stderr: str
+
+
+def workdir(path: Path, overrides: dict) -> Path:
+    """A folder with the project's params.yaml and ``overrides``: all an in-process stage needs."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "params.yaml", path / "params.yaml")
+    set_params(path, overrides)
+    return path
+
+
+@pytest.fixture
+def stage_in(monkeypatch, capsys, caplog):
+    """Run a stage through run_stage in ``folder``, as `python -m stages <name>` does; return exit code and stderr."""
+
+    def run(folder: Path, stage: str) -> Result:
+        monkeypatch.chdir(folder)
+        capsys.readouterr()
+        caplog.clear()
+        try:
+            errors.run_stage(f"stages.{stage}")
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+        return Result(code, capsys.readouterr().err + caplog.text)
+
+    return run
 
 
 def assert_user_error(result, *needles: str) -> None:
@@ -28,10 +65,17 @@ def assert_user_error(result, *needles: str) -> None:
 
 
 @pytest.mark.parametrize(("overrides", "key"), BAD_PARAMS)
-def test_bad_params_stop_the_stage(tmp_path, small_data, tiny_model, overrides, key):
+def test_bad_params_stop_the_stage(tmp_path, small_data, tiny_model, stage_in, overrides, key):
+    folder = workdir(tmp_path / "p", tiny_params(small_data, tiny_model))
+    set_params(folder, overrides)
+    assert_user_error(stage_in(folder, "prepare"), f"'{key}'", "params.yaml")
+    assert not (folder / "data" / "prepared").exists()
+
+
+def test_bad_params_stop_the_real_stage_process(tmp_path, small_data, tiny_model):
     project = copy_project(tmp_path / "p", tiny_params(small_data, tiny_model))
-    set_params(project, overrides)
-    assert_user_error(run_stage(project, "prepare"), f"'{key}'", "params.yaml")
+    set_params(project, {"train": {"lrr": 1e-4}})
+    assert_user_error(run_stage(project, "prepare"), "'train.lrr'", "params.yaml", "valid keys here")
     assert not (project / "data" / "prepared").exists()
 
 
@@ -40,9 +84,9 @@ def test_bad_params_stop_the_stage(tmp_path, small_data, tiny_model, overrides, 
 
 @pytest.fixture
 def data_project(tmp_path, small_data, tiny_model) -> tuple[Path, Path]:
-    """A project copy reading a private copy of the 300-row data, which a test may break."""
+    """A stage folder reading a private copy of the 300-row data, which a test may break."""
     data = shutil.copytree(small_data, tmp_path / "data")
-    return copy_project(tmp_path / "p", tiny_params(data, tiny_model)), data
+    return workdir(tmp_path / "p", tiny_params(data, tiny_model)), data
 
 
 def replace_line(path: Path, number: int, new: bytes) -> None:
@@ -78,37 +122,39 @@ BREAKS = {
 
 
 @pytest.mark.parametrize("case", BREAKS)
-def test_bad_data_fails_and_keeps_the_previous_outputs(data_project, case):
+def test_bad_data_fails_and_keeps_the_previous_outputs(data_project, stage_in, case):
     project, data = data_project
-    run_stage(project, "prepare", check=True)
+    assert stage_in(project, "prepare").returncode == 0
     outputs = sorted((project / "data" / "prepared").glob("*")) + [project / "metrics" / "data_report.json"]
     before = {path: path.read_bytes() for path in outputs}
     assert len(before) == 5  # three splits, labels.json, the report
 
     break_data, needles = BREAKS[case]
     break_data(data)
-    assert_user_error(run_stage(project, "prepare"), *needles)
+    assert_user_error(stage_in(project, "prepare"), *needles)
     assert sorted((project / "data" / "prepared").glob("*")) + [project / "metrics" / "data_report.json"] == outputs
     assert {path: path.read_bytes() for path in outputs} == before
     assert not list((project / "data").glob(".prepared.*"))  # no staging folder left behind
 
 
-def test_a_class_missing_from_a_split_is_only_a_warning(data_project):
+def test_a_class_missing_from_a_split_is_only_a_warning(data_project, stage_in):
     project, data = data_project
     path = data / "validation.txt"
     path.write_text("".join(line for line in path.read_text().splitlines(True) if not line.endswith(";surprise\n")))
-    result = run_stage(project, "prepare", check=True)
+    result = stage_in(project, "prepare")
+    assert result.returncode == 0
     assert "validation split has no example of: surprise" in result.stderr
     report = json.loads((project / "metrics" / "data_report.json").read_text())
     assert report["splits"]["validation"]["label_counts"]["surprise"] == 0
     assert report["warnings"] == ["validation split has no example of: surprise"]
 
 
-def test_train_test_overlap_is_reported_not_fatal(data_project):
+def test_train_test_overlap_is_reported_not_fatal(data_project, stage_in):
     project, data = data_project
     train_lines = (data / "train.txt").read_text().splitlines(True)
     (data / "test.txt").write_text("".join(train_lines[:3]) + (data / "test.txt").read_text())
-    result = run_stage(project, "prepare", check=True)
+    result = stage_in(project, "prepare")
+    assert result.returncode == 0
 
     texts = {split: {line.rsplit(";", 1)[0] for line in (data / name).read_text().splitlines()}
              for split, name in SPLIT_FILES.items()}
@@ -140,22 +186,48 @@ def _not_a_model(tmp_path: Path, request) -> str:
     return str(folder)
 
 
+def _adapter_only(tmp_path: Path, request) -> str:
+    """A folder like models/adapter: a LoRA adapter and its base model's name, no full weights."""
+    folder = tmp_path / "my-adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen3-0.6B", "r": 8}))
+    return str(folder)
+
+
 MODELS = {
     "missing-folder": (lambda tmp_path, request: str(tmp_path / "no-such-model"), ["model.name", "does not exist"]),
+    # One '/' like a hub id, but 'models/' is a folder of the project: a path, never sent to the hub.
+    "missing-relative-path": (lambda tmp_path, request: "models/export",
+                              ["model.name", "'models/export' does not exist", "/p/models/export", "project root"]),
     "not-a-model-folder": (_not_a_model, ["model.name", "no config.json"]),
+    "adapter-only-folder": (_adapter_only, ["model.name", "holds a LoRA adapter", "'Qwen/Qwen3-0.6B'", "models/export"]),
     "hub-id-offline": (lambda tmp_path, request: "emotion-tests/never-downloaded",
-                       ["model.name", "emotion-tests/never-downloaded", "hf download", "local"]),
+                       ["model.name", "emotion-tests/never-downloaded", "hf download", "no local folder"]),
     "head-for-other-classes": (lambda tmp_path, request: str(request.getfixturevalue("three_class_model")),
                                ["model.name", "classification head for 3 classes", "data.labels lists 6"]),
 }
 
 
 @pytest.mark.parametrize("case", MODELS)
-def test_bad_model_stops_train_before_training(tmp_path, small_data, tiny_model, request, case):
+def test_bad_model_stops_train_before_training(tmp_path, small_data, tiny_model, request, stage_in, case):
+    folder = workdir(tmp_path / "p", tiny_params(small_data, tiny_model))
+    (folder / "models").mkdir()
+    assert stage_in(folder, "prepare").returncode == 0
+    make_name, needles = MODELS[case]
+    set_params(folder, {"model": {"name": make_name(tmp_path, request)}})
+    result = stage_in(folder, "train")
+    assert_user_error(result, *needles)
+    if case == "missing-relative-path":
+        assert "hf download" not in result.stderr  # never taken for a hub id
+    assert not (folder / "models" / "adapter").exists()
+    assert not (folder / "metrics" / "train.json").exists()
+
+
+def test_bad_model_stops_the_real_train_process(tmp_path, small_data, tiny_model):
     project = copy_project(tmp_path / "p", tiny_params(small_data, tiny_model))
     run_stage(project, "prepare", check=True)
-    make_name, needles = MODELS[case]
-    set_params(project, {"model": {"name": make_name(tmp_path, request)}})
-    assert_user_error(run_stage(project, "train"), *needles)
+    set_params(project, {"model": {"name": "models/export"}})
+    result = run_stage(project, "train")
+    assert_user_error(result, "model.name", f"looked for {project.resolve() / 'models/export'}")
+    assert "hf download" not in result.stderr
     assert not (project / "models" / "adapter").exists()
-    assert not (project / "metrics" / "train.json").exists()

@@ -1,4 +1,4 @@
-"""emotion_pipeline.data: every local format loads the same way, and every bad row is named by file and line."""
+"""emotion_pipeline.raw_data: every local format loads the same way, and every bad row is named by file and line."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from emotion_pipeline.config import DataConfig
-from emotion_pipeline.data import data_report, load_splits
 from emotion_pipeline.errors import UserError
+from emotion_pipeline.raw_data import load_splits
+from stages.prepare import data_report
 
 ROWS = [("i feel great; really", "joy"), ("i am so sad", "sadness"), ("what a shock", "surprise")]
 OK_TXT = "i feel fine;joy\ni feel low;sadness\n"
@@ -66,6 +67,25 @@ def test_each_format_loads_text_and_int_label(tmp_path, fmt):
         assert frame["label"].dtype == "int64"
         assert frame["text"].tolist() == [text for text, _ in ROWS]
         assert frame["label"].tolist() == [1, 0, 5]
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl"])
+def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path, fmt):
+    """Windows editors start UTF-8 files with a BOM; every format drops it rather than keep or choke on it."""
+    folder = make_folder(tmp_path, fmt)
+    path = folder / f"train.{fmt}"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load(folder)["train"]["text"].tolist() == [text for text, _ in ROWS]
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl"])
+def test_windows_line_endings_load_the_same(tmp_path, fmt):
+    folder = make_folder(tmp_path, fmt)
+    path = folder / f"train.{fmt}"
+    path.write_bytes(path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    frame = load(folder)["train"]
+    assert frame["text"].tolist() == [text for text, _ in ROWS]
+    assert frame["label"].tolist() == [1, 0, 5]
 
 
 def test_txt_splits_on_the_last_semicolon(tmp_path):

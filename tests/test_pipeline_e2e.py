@@ -118,7 +118,14 @@ def test_pipeline_end_to_end(project: Path) -> None:
     # 4. Nothing changed: a second repro runs no stage.
     second = run(["dvc", "repro"], project)
     assert stages_run(second.stdout) == set(), second.stdout
-    run(["git", "add", "dvc.lock"], project)
+
+    # 4b. An edit to a raw-format reader that leaves the prepared data as it was re-runs prepare
+    # only: train, evaluate, export and baseline see unchanged inputs and stay cached.
+    reader = project / "emotion_pipeline" / "raw_data.py"
+    reader.write_text(reader.read_text() + "\n# An edit that does not change what the readers return.\n")
+    edited = run(["dvc", "repro"], project)
+    assert stages_run(edited.stdout) == {"prepare"}, edited.stdout
+    run(["git", "add", "dvc.lock", "emotion_pipeline/raw_data.py"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "baseline run"], project)
 
     # 5. A train param re-runs train, evaluate and export; prepare and baseline stay cached.
@@ -140,3 +147,4 @@ def test_pipeline_end_to_end(project: Path) -> None:
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
     assert {"metrics/train_log/plots/metrics/train/loss.tsv", "metrics/train_log/plots/metrics/eval/macro_f1.tsv",
             "Test confusion matrix"} <= set(plots)
+

@@ -1,6 +1,8 @@
-"""Reading the emotion data from the hub or a local folder, and the prepared Parquet splits.
+"""Reading the raw emotion data, from the hub or a local folder: used by the prepare stage only.
 
-Every split becomes a DataFrame with two columns, ``text`` (str) and ``label`` (int class id,
+Local folders hold one file per split in one of four formats (.txt 'text;label' lines, .csv,
+.jsonl, .parquet); all are read alike: UTF-8 with or without a byte-order mark, blank lines
+skipped, line numbers as an editor shows them. Every split becomes a DataFrame with two columns, ``text`` (str) and ``label`` (int class id,
 the position of the class name in ``data.labels``). Anything that cannot be mapped is a
 UserError naming the file and line, never a silently dropped row.
 """
@@ -8,7 +10,6 @@ UserError naming the file and line, never a silently dropped row.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,29 +18,23 @@ import pandas as pd
 
 from emotion_pipeline.config import DataConfig
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.paths import LABELS_FILE, PREPARED_DIR, looks_like_local_path
+from emotion_pipeline.prepared import SPLITS
+from emotion_pipeline.sources import not_local_either, resolve_source
 
-log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
 # Other names a split file goes by (Kaggle ships the validation split as val.txt).
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
 FORMATS = (".txt", ".csv", ".jsonl", ".parquet")
 
 
-# --------------------------------------------------------------------------- loading raw data
-
-
 def load_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
     """Load train/validation/test from ``cfg.source`` with labels mapped to class ids."""
-    source = Path(cfg.source).expanduser()
-    if source.exists():
+    source = resolve_source(cfg.source, "data.source", f"an existing local folder holding train/validation/test files "
+                            f"({', '.join(FORMATS)}) or a Hugging Face dataset id such as dair-ai/emotion")
+    if isinstance(source, Path):
+        if not source.is_dir():
+            raise UserError(f"data.source: '{cfg.source}' is a file, not a folder; give the folder that holds the "
+                            f"train/validation/test files ({', '.join(FORMATS)}).")
         return {split: load_local_split(source, split, cfg) for split in SPLITS}
-    if looks_like_local_path(cfg.source):
-        raise UserError(
-            f"data.source: folder '{cfg.source}' does not exist. Give a local folder holding "
-            f"train/validation/test files ({', '.join(FORMATS)}) or a Hugging Face dataset id such as dair-ai/emotion."
-        )
     return load_hub_splits(cfg)
 
 
@@ -52,7 +47,7 @@ def load_hub_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
     except Exception as exc:  # the hub raises many types: connection, auth, missing repo
         raise UserError(
             f"data.source: could not load '{cfg.source}' from the Hugging Face hub ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, set data.source to a local folder "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}), and {not_local_either(cfg.source)}. Offline, set data.source to a local folder "
             f"with train/validation/test files, for example ../shared/data/emotion."
         ) from None
     splits = {}
@@ -115,10 +110,11 @@ def _check_utf8(path: Path) -> None:
 
 
 def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered, decoded lines; a UTF-8 byte-order mark (Windows editors write one) is dropped, not kept as text."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                yield number, raw.decode("utf-8")
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise UserError(f"{path}, line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
                                 f"save the file as UTF-8.") from None
@@ -142,7 +138,7 @@ def _read_semicolon_lines(path: Path) -> pd.DataFrame:
 def _read_csv(path: Path) -> pd.DataFrame:
     _check_utf8(path)
     # Blank lines are kept while reading, so that row i is file line i + 2 (line 1 is the header).
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")
     frame.index = frame.index + 2
     return frame[(frame != "").any(axis=1)]
 
@@ -204,39 +200,3 @@ def _label_id(value: object, label_ids: dict[str, int]) -> int | None:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) < len(label_ids):
         return int(value)
     return None
-
-
-# --------------------------------------------------------------------------- prepared data
-
-
-def read_prepared(prepared_dir: Path = PREPARED_DIR) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """The prepared splits and the label list that prepare wrote."""
-    labels_path = prepared_dir / LABELS_FILE
-    if not labels_path.is_file():
-        raise UserError(f"{labels_path} not found: run the prepare stage first (dvc repro prepare).")
-    labels = json.loads(labels_path.read_text())["labels"]
-    return {split: pd.read_parquet(prepared_dir / f"{split}.parquet") for split in SPLITS}, labels
-
-
-def data_report(splits: dict[str, pd.DataFrame], labels: list[str]) -> dict:
-    """Rows, label counts, text lengths, duplicates and cross-split overlap, per split."""
-    report: dict = {"labels": labels, "splits": {}, "overlap": {}, "warnings": []}
-    for split, frame in splits.items():
-        counts = np.bincount(frame["label"], minlength=len(labels))
-        words = frame["text"].str.split().str.len()
-        report["splits"][split] = {
-            "rows": len(frame),
-            "label_counts": {name: int(count) for name, count in zip(labels, counts)},
-            "words": {f"p{q}": float(np.percentile(words, q)) for q in (5, 50, 95, 100)},
-            "chars": {f"p{q}": float(np.percentile(frame["text"].str.len(), q)) for q in (5, 50, 95, 100)},
-            "duplicate_texts": int(frame["text"].duplicated().sum()),
-            "duplicate_rows": int(frame.duplicated().sum()),
-        }
-        missing = [name for name, count in zip(labels, counts) if count == 0]
-        if missing:
-            report["warnings"].append(f"{split} split has no example of: {', '.join(missing)}")
-    texts = {split: set(frame["text"]) for split, frame in splits.items()}
-    for i, first in enumerate(SPLITS):
-        for second in SPLITS[i + 1 :]:
-            report["overlap"][f"{first}/{second}"] = len(texts[first] & texts[second])
-    return report

@@ -1,0 +1,64 @@
+"""Crash recovery for training: which checkpoint to resume from, and clearing up after a finished run.
+
+Trainer saves a checkpoint into ``models/checkpoints`` at each epoch end (a persistent DVC output,
+so `dvc repro` does not delete it). A fingerprint of the params and the prepared data is stored
+beside the checkpoints: a checkpoint is resumed only by a run with the same fingerprint, so a
+crash followed by a params change never mixes two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from emotion_pipeline.io import write_json
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def run_fingerprint(train_params: dict, prepared_dir: Path) -> str:
+    """Hash of everything a checkpoint depends on: the params sections and the prepared data files."""
+    digest = hashlib.sha256(json.dumps(train_params, sort_keys=True).encode())
+    for path in sorted(prepared_dir.iterdir()):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def resumable_checkpoint(checkpoint_dir: Path, fingerprint: str) -> Path | None:
+    """The latest complete checkpoint of an interrupted run with this fingerprint, else None.
+
+    When there is none to resume, the folder is emptied and stamped with the new fingerprint,
+    so the checkpoints this run writes are recognised if it is interrupted in turn.
+    """
+    # Trainer writes trainer_state.json last: a checkpoint without it was cut off mid-save.
+    checkpoints = sorted((path.parent for path in checkpoint_dir.glob("checkpoint-*/trainer_state.json")), key=step_of)
+    stamp = checkpoint_dir / FINGERPRINT_FILE
+    saved = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
+    if checkpoints and saved == fingerprint:
+        log.info("resuming from %s (an interrupted run with the same params and data)", checkpoints[-1])
+        return checkpoints[-1]
+    if checkpoints:
+        log.warning("ignoring %d checkpoint(s) in %s: they come from a run with other params or data; starting fresh",
+                    len(checkpoints), checkpoint_dir)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    checkpoint_dir.mkdir(parents=True)
+    write_json(stamp, {"fingerprint": fingerprint, "finished": False})
+    return None
+
+
+def finish(checkpoint_dir: Path, fingerprint: str) -> None:
+    """After the adapter is saved: drop the checkpoints, so a forced re-run starts afresh instead of "resuming"."""
+    for checkpoint in checkpoint_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    write_json(checkpoint_dir / FINGERPRINT_FILE, {"fingerprint": fingerprint, "finished": True})
+
+
+def step_of(checkpoint: Path | None) -> int:
+    """The optimiser step a checkpoint folder (checkpoint-<step>) was saved at; 0 for none."""
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0

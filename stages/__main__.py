@@ -1,0 +1,16 @@
+"""Run one pipeline stage: `python -m stages <name>`, as dvc.yaml does (e.g. `python -m stages train`).
+
+The stage module is imported inside emotion_pipeline.errors.run_stage, so that bad input and
+Ctrl-C are reported in one line even while torch is still being imported.
+"""
+
+import sys
+
+from emotion_pipeline.errors import run_stage
+
+STAGES = ("prepare", "train", "evaluate", "export", "baseline")
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in STAGES:
+        sys.exit(f"usage: python -m stages {{{','.join(STAGES)}}}")
+    run_stage(f"stages.{sys.argv[1]}")

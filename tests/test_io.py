@@ -1,0 +1,52 @@
+"""Atomic outputs: complete or absent, never half-written, created with the usual modes."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from emotion_pipeline.io import atomic_dir, write_json, write_text
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_outputs_honour_the_umask(tmp_path, umask_022):
+    """A model written here must be readable by the serving user: 0644 files, 0755 folders under umask 022."""
+    write_text(tmp_path / "report.md", "hi\n")
+    with atomic_dir(tmp_path / "export") as staging:
+        (staging / "model.safetensors").write_bytes(b"weights")
+    assert mode(tmp_path / "report.md") == 0o644
+    assert mode(tmp_path / "export") == 0o755
+    assert mode(tmp_path / "export" / "model.safetensors") == 0o644
+
+
+def test_an_interrupted_folder_leaves_the_old_one_and_no_staging(tmp_path):
+    target = tmp_path / "export"
+    with atomic_dir(target) as staging:
+        (staging / "v1").write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as staging:
+        (staging / "v2").write_text("half")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in target.iterdir()) == ["v1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"b": 1, "a": 2})
+    assert path.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+    with pytest.raises(TypeError):
+        write_text(path, 123)  # fails inside the write, after the temporary file exists
+    assert path.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
