@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import sys
 
@@ -16,23 +17,30 @@ def run_stage(module: str) -> None:
     """Import a stage module and run its main(): a UserError exits 2 with its message; Ctrl-C or SIGTERM
     exits 128 + the signal number with one line.
 
-    The module is imported only once the signals are handled: importing torch and transformers
-    takes seconds, and Ctrl-C then must not print a traceback either. Outputs are only ever
-    moved into place complete (emotion_pipeline.io), so an interrupted stage leaves the previous
-    ones as they were; training resumes from its last checkpoint.
+    Signals are handled before the module is imported: importing torch and transformers takes
+    seconds, and Ctrl-C then must not print a traceback either. Outputs are only ever moved into
+    place complete (emotion_pipeline.io), so an interrupted stage leaves the previous ones as they
+    were; training resumes from its last checkpoint.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     stage = module.rsplit(".", 1)[-1]
+    importing = True
     received: list[int] = []
 
     def interrupt(signum, frame):
         received.append(signum)
+        if importing:
+            # Nothing is written yet. Raising here could land inside a C++ callback of torch's import,
+            # which cannot carry a Python exception and aborts the process: leave at once instead.
+            _exit_interrupted(stage, signum)
         raise KeyboardInterrupt
 
     # SIGTERM (kill, Slurm, a queue being stopped) ends the stage the same way as Ctrl-C.
     previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        importlib.import_module(module).main()
+        main = importlib.import_module(module).main
+        importing = False
+        main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -41,10 +49,20 @@ def run_stage(module: str) -> None:
         # a signal received is what decides that this was an interruption, not a crash.
         if not received:
             raise
-        name = signal.Signals(received[0]).name
-        print(f"interrupted ({name}): the {stage} stage stopped before finishing; earlier outputs are intact "
-              f"(nothing half-written was put in place). Run it again to finish.", file=sys.stderr)
-        sys.exit(128 + received[0])
+        _exit_interrupted(stage, received[0])
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _exit_interrupted(stage: str, signum: int) -> None:
+    """One line, then exit 128 + signum at once: no exit handlers of half-imported or half-run libraries."""
+    # Under `dvc repro`, DVC itself removed the stage's cached outputs before starting it.
+    kept = ("nothing half-written was put in place; the outputs of the last complete run are in the DVC cache "
+            "(`dvc checkout` restores them)" if "DVC_STAGE" in os.environ else "earlier outputs are intact "
+            "(nothing half-written was put in place)")
+    print(f"interrupted ({signal.Signals(signum).name}): the {stage} stage stopped before finishing; {kept}. "
+          f"Run it again to finish.", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
