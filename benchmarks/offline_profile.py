@@ -24,7 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "profiles"))
-from offline_cpu import overrides  # noqa: E402  (a script folder, not a package)
+from offline_cpu import DATA_DIR, MODEL_DIR, minilm_path, overrides, track  # noqa: E402  (a script folder, not a package)
 
 STAGES = ["prepare", "baseline", "train", "evaluate", "export"]
 
@@ -57,7 +57,9 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="offline-bench-")) / "project"
     shutil.rmtree(workdir, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", str(REPO), str(workdir)], check=True)
-    apply_overrides(workdir / "params.yaml", overrides(args.data))
+    track(Path(args.data), DATA_DIR, workdir)
+    track(minilm_path(), MODEL_DIR, workdir)
+    apply_overrides(workdir / "params.yaml", overrides())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
     results = {}

@@ -33,11 +33,11 @@ def build_models(base: str, workdir: Path) -> tuple[Path, Path]:
     from peft import LoraConfig, TaskType, get_peft_model
 
     from emotion_pipeline.config import ModelConfig
-    from emotion_pipeline.modeling import LORA_TARGETS, load_classifier_base, load_tokenizer
+    from emotion_pipeline.modeling import LORA_TARGETS, load_classifier_base, load_tokenizer, resolve_model
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(base)
-    model = load_classifier_base(ModelConfig(name=base), LABELS, tokenizer.pad_token_id, torch.float32)
+    model = load_classifier_base(resolve_model(base), ModelConfig(name=base), LABELS, tokenizer.pad_token_id, torch.float32)
     targets = LORA_TARGETS.get(model.config.model_type, "all-linear")
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, target_modules=targets,
                                              init_lora_weights=False))

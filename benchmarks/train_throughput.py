@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from emotion_pipeline.config import LoraParams, ModelConfig  # noqa: E402
-from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer  # noqa: E402
+from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer, resolve_model  # noqa: E402
 
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 BATCH = 8
@@ -80,7 +80,7 @@ def train_examples_per_second(source: str, texts, labels, steps: int, warmup: in
     torch.manual_seed(0)
     tokenizer = load_tokenizer(source)
     dtype = torch.bfloat16 if bf16 else torch.float32
-    model = add_lora(load_classifier_base(ModelConfig(name=source), LABELS, tokenizer.pad_token_id, dtype), LoraParams())
+    model = add_lora(load_classifier_base(resolve_model(source), ModelConfig(name=source), LABELS, tokenizer.pad_token_id, dtype), LoraParams())
     padding = {"padding": "max_length", "max_length": 128} if naive else {"max_length": 128}
     dataset = datasets.Dataset.from_dict({"text": texts, "labels": labels}).map(
         lambda batch: tokenizer(batch["text"], truncation=True, **padding), batched=True, remove_columns=["text"])

@@ -1,7 +1,8 @@
 """Crash recovery for training: which checkpoint to resume from, and clearing up after a finished run.
 
-Trainer saves a checkpoint into ``models/checkpoints`` at each epoch end (a persistent DVC output,
-so `dvc repro` does not delete it). A fingerprint of the params and the prepared data is stored
+Trainer saves a checkpoint into ``models/checkpoints`` at each epoch end. That folder is scratch,
+not a DVC output: `dvc repro` never deletes it, and a clone that pulled a finished run does not
+miss it. A fingerprint of the params and the prepared data is stored
 beside the checkpoints: a checkpoint is resumed only by a run with the same fingerprint, so a
 crash followed by a params change never mixes two runs.
 """

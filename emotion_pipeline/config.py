@@ -34,6 +34,11 @@ class DataConfig(Section):
         ["sadness", "joy", "love", "anger", "fear", "surprise"],
         description="Class names; the position of a name is its class id.",
     )
+    revision: str | None = Field(
+        None,
+        description="Hub dataset revision (branch, tag or commit sha); pin a commit so that the same params always "
+        "mean the same data. None: the default branch. Not used for local folders.",
+    )
     text_column: str = Field("text", min_length=1, description="Column holding the text (CSV/JSONL/Parquet/hub).")
     label_column: str = Field("label", min_length=1, description="Column holding the label (CSV/JSONL/Parquet/hub).")
 
@@ -52,6 +57,11 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     name: str = Field("Qwen/Qwen3-0.6B", min_length=1, description="Hub model id or local model folder.")
+    revision: str | None = Field(
+        None,
+        description="Hub model revision (branch, tag or commit sha) for every load of model.name; None: the default "
+        "branch. Not used for local folders.",
+    )
     max_length: int = Field(128, gt=0, description="Tokens kept per text; longer texts are truncated.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub; off for safety.")
 

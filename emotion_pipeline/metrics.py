@@ -37,6 +37,14 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[s
     return _rounded(result)
 
 
+HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "ece")
+
+
+def headline(metrics: dict) -> dict:
+    """The few scores `dvc metrics show` and `dvc exp show` print; the rest stays in the details file."""
+    return {key: metrics[key] for key in HEADLINE}
+
+
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
     """Weighted mean |accuracy - confidence| over equal-width confidence bins (Guo et al., 2017)."""
     confidence = probs.max(axis=1)

@@ -22,9 +22,9 @@ from transformers import (
 
 from emotion_pipeline.config import LoraParams, ModelConfig
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.paths import EXPORT_DIR
+from emotion_pipeline.paths import BASE_MODELS_DIR, EXPORT_DIR
 from emotion_pipeline.prepared import read_labels
-from emotion_pipeline.sources import not_local_either, resolve_source
+from emotion_pipeline.sources import not_local_either, resolve_source, warn_if_untracked
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def resolve_model(name: str, key: str = "model.name") -> str:
                                        "such as Qwen/Qwen3-0.6B")
     if isinstance(source, Path):
         _check_model_folder(name, source, key)
+        warn_if_untracked(source, BASE_MODELS_DIR, key)
     return str(source)
 
 
@@ -88,10 +89,11 @@ def _hub_error(location: str, exc: Exception, key: str = "model.name") -> UserEr
     )
 
 
-def load_tokenizer(source: str, trust_remote_code: bool = False):
-    """The tokenizer saved in ``source`` (a resolved model or adapter folder, or a hub id) with a pad token for batching."""
+def load_tokenizer(source: str, trust_remote_code: bool = False, revision: str | None = None):
+    """The tokenizer saved in ``source`` (a resolved model or adapter folder, or a hub id at ``revision``)
+    with a pad token for batching."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as exc:
         raise _hub_error(source, exc) from None
     if tokenizer.pad_token is None:
@@ -103,11 +105,12 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_classifier_base(cfg: ModelConfig, labels: list[str], pad_token_id: int, dtype: torch.dtype) -> PreTrainedModel:
-    """The base model with a classification head for ``labels`` (newly initialised unless it matches)."""
-    location = resolve_model(cfg.name)
+def load_classifier_base(location: str, cfg: ModelConfig, labels: list[str], pad_token_id: int,
+                         dtype: torch.dtype) -> PreTrainedModel:
+    """The base model at ``location`` (from resolve_model) with a classification head for ``labels``
+    (newly initialised unless it matches)."""
     try:
-        existing = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
+        existing = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     except (OSError, ValueError) as exc:
         raise _hub_error(location, exc) from None
     _check_existing_head(cfg.name, existing, labels)
@@ -119,6 +122,7 @@ def load_classifier_base(cfg: ModelConfig, labels: list[str], pad_token_id: int,
             label2id={name: i for i, name in enumerate(labels)},
             dtype=dtype,
             trust_remote_code=cfg.trust_remote_code,
+            revision=cfg.revision,
             use_safetensors=True,
         )
     except (OSError, ValueError) as exc:
@@ -183,7 +187,7 @@ def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, dtype: torch.dtype =
         raise UserError(f"{adapter_dir}: no trained adapter found; run the train stage first (dvc repro train).")
     tokenizer = load_tokenizer(str(adapter_dir))
     labels = read_labels(adapter_dir)
-    base = load_classifier_base(cfg, labels, tokenizer.pad_token_id, dtype)
+    base = load_classifier_base(resolve_model(cfg.name), cfg, labels, tokenizer.pad_token_id, dtype)
     model = PeftModel.from_pretrained(base, adapter_dir)
     model.eval()
     return model, tokenizer

@@ -4,6 +4,12 @@ from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
 
+# Local inputs: folders inside the project whose contents are tracked with `dvc add`, so that a
+# local data.source or model.name is a real DVC dependency (see their README.md files).
+RAW_DATA_DIR = Path("data/raw")  # datasets for data.source; a dep of prepare
+BASE_MODELS_DIR = Path("models/base")  # base models for model.name; a dep of train, evaluate, export
+TRACKED_INPUTS = (RAW_DATA_DIR, BASE_MODELS_DIR)
+
 # prepare
 PREPARED_DIR = Path("data/prepared")  # {train,validation,test}.parquet + labels.json (emotion_pipeline.prepared)
 DATA_REPORT = Path("metrics/data_report.json")
@@ -11,13 +17,15 @@ DATA_REPORT = Path("metrics/data_report.json")
 # train
 ADAPTER_DIR = Path("models/adapter")  # LoRA weights, classification head, tokenizer
 TRAINING_PARAMS_FILE = "training_params.json"  # inside ADAPTER_DIR: the params it was trained with
-CHECKPOINT_DIR = Path("models/checkpoints")  # persistent: survives a crash so training can resume
+CHECKPOINT_DIR = Path("models/checkpoints")  # crash recovery; scratch, not a DVC output (dvc.yaml says why)
 TRAIN_LOG_DIR = Path("metrics/train_log")  # dvclive: loss and validation metrics per step
-TRAIN_METRICS = Path("metrics/train.json")  # reproducible summary: best validation scores, steps, loss
+TRAIN_METRICS = Path("metrics/train.json")  # headline for `dvc metrics show`: best validation scores, epoch
+TRAIN_DETAILS = Path("metrics/train_details.json")  # the whole reproducible summary: also steps, loss, parameters
 TRAIN_RUN_INFO = Path("metrics/train_run.json")  # run facts that vary: wall time, throughput, resume
 
 # evaluate
-TEST_METRICS = Path("metrics/test.json")
+TEST_METRICS = Path("metrics/test.json")  # headline for `dvc metrics show`: accuracy, macro/weighted F1, ECE
+TEST_DETAILS = Path("metrics/test_details.json")  # every score: precision, recall, per class with support
 CLASSIFICATION_REPORT = Path("metrics/classification_report.txt")
 PREDICTIONS = Path("metrics/predictions.csv")  # one row per test text; the confusion-matrix plot
 QUALITY_REPORT = Path("metrics/quality_report.md")
@@ -27,5 +35,6 @@ EXPORT_DIR = Path("models/export")  # merged model, loads with transformers alon
 EXPORT_CHECK = Path("metrics/export.json")  # the export-vs-adapter agreement check
 
 # baseline
-BASELINE_METRICS = Path("metrics/baseline.json")
+BASELINE_METRICS = Path("metrics/baseline.json")  # same headline keys as TEST_METRICS
+BASELINE_DETAILS = Path("metrics/baseline_details.json")  # same keys as TEST_DETAILS
 BASELINE_QUALITY_REPORT = Path("metrics/baseline_quality_report.md")

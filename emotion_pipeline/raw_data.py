@@ -18,8 +18,9 @@ import pandas as pd
 
 from emotion_pipeline.config import DataConfig
 from emotion_pipeline.errors import UserError
+from emotion_pipeline.paths import RAW_DATA_DIR
 from emotion_pipeline.prepared import SPLITS
-from emotion_pipeline.sources import not_local_either, resolve_source
+from emotion_pipeline.sources import not_local_either, resolve_source, warn_if_untracked
 
 # Other names a split file goes by (Kaggle ships the validation split as val.txt).
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
@@ -31,6 +32,7 @@ def load_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
     source = resolve_source(cfg.source, "data.source", f"an existing local folder holding train/validation/test files "
                             f"({', '.join(FORMATS)}) or a Hugging Face dataset id such as dair-ai/emotion")
     if isinstance(source, Path):
+        warn_if_untracked(source, RAW_DATA_DIR, "data.source")
         if not source.is_dir():
             raise UserError(f"data.source: '{cfg.source}' is a file, not a folder; give the folder that holds the "
                             f"train/validation/test files ({', '.join(FORMATS)}).")
@@ -43,7 +45,7 @@ def load_hub_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
     import datasets  # imported here: slow, and not needed for local folders
 
     try:
-        dataset = datasets.load_dataset(cfg.source)
+        dataset = datasets.load_dataset(cfg.source, revision=cfg.revision)
     except Exception as exc:  # the hub raises many types: connection, auth, missing repo
         raise UserError(
             f"data.source: could not load '{cfg.source}' from the Hugging Face hub ({type(exc).__name__}: "

@@ -3,15 +3,23 @@
 A value names a local folder when that folder exists, or when it can only be a path: it starts
 with '.', '/' or '~', has more than one '/', a backslash, or its first part is a folder that
 exists here (``models/export`` while ``models/`` exists). Anything else of the form ``name``
-or ``org/name`` is a Hugging Face hub id. Relative paths are taken from the working directory,
-which for a stage is the project root.
+or ``org/name`` is a Hugging Face hub id.
+
+Relative paths are taken from the project root. A stage runs with the project root as its
+working directory, except that `dvc exp run --temp` and `--queue` run it in a copy of the
+project under ``.dvc/tmp/exps/``: there, a path found in the copy (a DVC-tracked folder inside
+the project, which DVC checks out into the copy) is used, and a path outside the project
+(``../shared/data/emotion``) is taken from the project the copy was made from.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from emotion_pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_source(value: str, key: str, expected: str) -> Path | str:
@@ -20,20 +28,50 @@ def resolve_source(value: str, key: str, expected: str) -> Path | str:
     ``key`` (e.g. 'model.name') and ``expected`` (what a valid value is) go into the error raised
     when ``value`` can only be a path and nothing is there.
     """
-    path = Path(value).expanduser()
-    if path.exists():
-        return path.resolve()
+    tried = candidate_paths(value)
+    for path in tried:
+        if path.exists():
+            return path.resolve()
     if _can_only_be_a_path(value):
+        looked = " nor ".join(str(path) for path in tried)
         raise UserError(
-            f"{key}: folder '{value}' does not exist (looked for {path.absolute()}; relative paths are taken from "
-            f"the project root, {Path.cwd()}). Give {expected}."
+            f"{key}: folder '{value}' does not exist (looked for {looked}; relative paths are taken from the "
+            f"project root{', and a DVC experiment copy looks in the copy first' if len(tried) > 1 else ''}). "
+            f"Give {expected}."
         )
     return value
 
 
+def candidate_paths(value: str) -> list[Path]:
+    """The absolute paths ``value`` may name: from the working directory, then from the original project."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return [path]
+    here = Path.cwd()
+    origin = original_project(here)
+    return [here / path] + ([origin / path] if origin else [])
+
+
+def original_project(workdir: Path) -> Path | None:
+    """For a DVC experiment copy (``<project>/.dvc/tmp/exps/<run>/...``), the project it was copied from."""
+    parts = workdir.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return None
+
+
+def warn_if_untracked(path: Path, tracked_dir: Path, key: str) -> None:
+    """A local source outside ``tracked_dir`` works, but DVC does not see edits to it: say how to track it."""
+    if not path.is_relative_to(tracked_dir.resolve()):
+        log.warning("%s: %s is outside %s/, so DVC does not track it: editing its files re-runs nothing. To track it, "
+                    "copy it to %s/%s and `dvc add` it there (see %s/README.md).",
+                    key, path, tracked_dir, tracked_dir, path.name, tracked_dir)
+
+
 def not_local_either(value: str) -> str:
     """For a hub load that failed: say that no local folder of that name exists either."""
-    return f"there is no local folder {Path(value).expanduser().absolute()} either"
+    return f"there is no local folder {candidate_paths(value)[0]} either"
 
 
 def _can_only_be_a_path(value: str) -> bool:

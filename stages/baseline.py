@@ -17,10 +17,11 @@ from emotion_pipeline.config import load_params
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.metrics import (
     classification_metrics,
+    headline,
     predictions_table,
     quality_report,
 )
-from emotion_pipeline.paths import BASELINE_METRICS, BASELINE_QUALITY_REPORT, PREPARED_DIR
+from emotion_pipeline.paths import BASELINE_DETAILS, BASELINE_METRICS, BASELINE_QUALITY_REPORT, PREPARED_DIR
 from emotion_pipeline.prepared import read_prepared
 
 log = logging.getLogger("baseline")
@@ -44,7 +45,8 @@ def main() -> None:
 
     y_true = test["label"].to_numpy()
     metrics = classification_metrics(y_true, probs, labels, params.metrics.calibration_bins)
-    write_json(BASELINE_METRICS, metrics)
+    write_json(BASELINE_METRICS, headline(metrics))
+    write_json(BASELINE_DETAILS, metrics)
     table = predictions_table(test["text"].tolist(), y_true, probs, labels)
     write_text(BASELINE_QUALITY_REPORT, quality_report(metrics, table, labels, params.metrics.top_mistakes, "Test quality of the TF-IDF baseline"))
     log.info("baseline test accuracy %.4f, macro-F1 %.4f", metrics["accuracy"], metrics["macro_f1"])

@@ -11,12 +11,21 @@ from emotion_pipeline.config import load_params
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.metrics import (
     classification_metrics,
+    headline,
     predictions_table,
     quality_report,
     report_text,
 )
 from emotion_pipeline.modeling import load_adapter_model
-from emotion_pipeline.paths import ADAPTER_DIR, CLASSIFICATION_REPORT, PREDICTIONS, PREPARED_DIR, QUALITY_REPORT, TEST_METRICS
+from emotion_pipeline.paths import (
+    ADAPTER_DIR,
+    CLASSIFICATION_REPORT,
+    PREDICTIONS,
+    PREPARED_DIR,
+    QUALITY_REPORT,
+    TEST_DETAILS,
+    TEST_METRICS,
+)
 from emotion_pipeline.predict import predict_proba
 from emotion_pipeline.prepared import read_prepared
 
@@ -39,7 +48,8 @@ def main() -> None:
     metrics = classification_metrics(y_true, probs, labels, params.metrics.calibration_bins)
     table = predictions_table(test["text"].tolist(), y_true, probs, labels)
 
-    write_json(TEST_METRICS, metrics)
+    write_json(TEST_METRICS, headline(metrics))
+    write_json(TEST_DETAILS, metrics)
     write_text(CLASSIFICATION_REPORT, report_text(y_true, probs.argmax(axis=1), labels))
     write_text(PREDICTIONS, table.to_csv(index=False))
     write_text(QUALITY_REPORT, quality_report(metrics, table, labels, params.metrics.top_mistakes, f"Test quality of {params.model.name} + LoRA"))

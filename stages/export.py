@@ -17,7 +17,7 @@ import numpy as np
 from emotion_pipeline.config import load_params
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.modeling import load_adapter_model
-from emotion_pipeline.paths import ADAPTER_DIR, EXPORT_CHECK, EXPORT_DIR, PREPARED_DIR, TEST_METRICS, TRAINING_PARAMS_FILE
+from emotion_pipeline.paths import ADAPTER_DIR, EXPORT_CHECK, EXPORT_DIR, PREPARED_DIR, TEST_DETAILS, TRAINING_PARAMS_FILE
 from emotion_pipeline.predict import load_exported, predict_proba
 from emotion_pipeline.prepared import read_prepared
 
@@ -45,7 +45,7 @@ def main() -> None:
         exported, exported_tokenizer = load_exported(str(staging), device="cpu")
         export_probs = predict_proba(exported, exported_tokenizer, sample, max_length=params.model.max_length)
         check = _compare(adapter_probs, export_probs, cfg.max_prob_diff)
-        (staging / "README.md").write_text(model_card(params.model.name, labels))
+        (staging / "README.md").write_text(model_card(params.model.name, params.model.revision, labels))
     write_json(EXPORT_CHECK, check)
     log.info("exported to %s; %d sample predictions match the adapter (max prob diff %.2e)",
              EXPORT_DIR, check["samples"], check["max_prob_diff"])
@@ -63,8 +63,8 @@ def _compare(adapter_probs: np.ndarray, export_probs: np.ndarray, tolerance: flo
     return {"samples": int(len(same_labels)), "labels_equal": True, "max_prob_diff": round(max_diff, 8)}
 
 
-def model_card(base_name: str, labels: list[str]) -> str:
-    metrics = json.loads(TEST_METRICS.read_text())
+def model_card(base_name: str, base_revision: str | None, labels: list[str]) -> str:
+    metrics = json.loads(TEST_DETAILS.read_text())
     training = json.loads((ADAPTER_DIR / TRAINING_PARAMS_FILE).read_text())
     per_class = "\n".join(
         f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
@@ -81,6 +81,7 @@ tags: [emotion, lora, dvc]
 # Emotion classifier: {base_name} + LoRA (merged)
 
 Classifies English text into six emotions: {", ".join(labels)}.
+Base model: `{base_name}`, revision `{base_revision or "default branch"}`.
 Fine-tuned with LoRA by the emotion-pipeline DVC pipeline and merged into the base weights,
 so it loads with plain `transformers` (no `peft`).
 

@@ -30,6 +30,7 @@ def main() -> None:
     splits = load_splits(cfg)
 
     report = data_report(splits, cfg.labels)
+    report["source"] = {"data.source": cfg.source, "data.revision": cfg.revision}  # which data this run used
     for warning in report["warnings"]:
         log.warning(warning)
     for pair, count in report["overlap"].items():

@@ -5,8 +5,8 @@ Reads params sections: model, lora, train.
 The story: load the prepared splits, tokenise them once, load the base model with a fresh
 classification head, wrap it with LoRA, and let the HF Trainer run with dynamic padding and
 length-grouped batches, evaluating macro-F1 on validation each epoch and keeping the best
-epoch. Checkpoints go to models/checkpoints (a persistent DVC output), so a killed run
-resumes where it stopped on the next `dvc repro`, provided params and data are unchanged.
+epoch. Checkpoints go to models/checkpoints, a scratch folder DVC does not track, so a killed
+run resumes where it stopped on the next `dvc repro`, provided params and data are unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from emotion_pipeline.paths import (
     ADAPTER_DIR,
     CHECKPOINT_DIR,
     PREPARED_DIR,
+    TRAIN_DETAILS,
     TRAIN_LOG_DIR,
     TRAIN_METRICS,
     TRAIN_RUN_INFO,
@@ -49,8 +50,9 @@ def main() -> None:
     set_seed(train_cfg.seed)
     device = default_device()
     dtype = best_dtype(device)
-    tokenizer = load_tokenizer(resolve_model(model_cfg.name), model_cfg.trust_remote_code)
-    model = load_classifier_base(model_cfg, labels, tokenizer.pad_token_id, dtype)
+    location = resolve_model(model_cfg.name)
+    tokenizer = load_tokenizer(location, model_cfg.trust_remote_code, model_cfg.revision)
+    model = load_classifier_base(location, model_cfg, labels, tokenizer.pad_token_id, dtype)
     model = add_lora(model, lora_cfg)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("%s on %s (%s): %s of %s parameters trainable (%.2f%%)", model_cfg.name, device, str(dtype).removeprefix("torch."),
@@ -120,16 +122,19 @@ def main() -> None:
 
     state = trainer.state
     best = max((e for e in state.log_history if "eval_macro_f1" in e), key=lambda e: e["eval_macro_f1"])
-    write_json(TRAIN_METRICS, {
-        "best_validation_macro_f1": round(best["eval_macro_f1"], 6),
-        "best_validation_accuracy": round(best["eval_accuracy"], 6),
+    summary = {
+        "val_macro_f1": round(best["eval_macro_f1"], 6),
+        "val_accuracy": round(best["eval_accuracy"], 6),
         "best_epoch": round(best["epoch"], 4),
         "best_step": best["step"],
         "steps": state.global_step,
         "train_loss": round(mean_train_loss(state.log_history), 6),
         "trainable_params": trainable,
         "total_params": total,
-    })
+    }
+    # The best validation scores are the headline; the whole summary is a plain output.
+    write_json(TRAIN_METRICS, {key: summary[key] for key in ("val_macro_f1", "val_accuracy", "best_epoch")})
+    write_json(TRAIN_DETAILS, summary)
     # Timing differs run to run, so it lives apart from the reproducible summary above.
     write_json(TRAIN_RUN_INFO, {
         "device": device.type,

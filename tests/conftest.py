@@ -145,5 +145,10 @@ def run(args: list[str], cwd: Path, check: bool = True, timeout: int = 900,
     return result
 
 
+def stages_run(output: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
 def run_stage(project: Path, stage: str, check: bool = False) -> subprocess.CompletedProcess:
     return run(["python", "-m", "stages", stage], cwd=project, check=check)

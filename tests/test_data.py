@@ -278,3 +278,19 @@ def test_real_emotion_data(emotion_dir):
     assert sum(counts.values()) == 16000
     assert report["overlap"] == {"train/validation": 5, "train/test": 11, "validation/test": 3}
     assert report["warnings"] == []
+
+
+def test_hub_dataset_revision_is_passed_to_load_dataset(monkeypatch):
+    """data.revision pins the hub dataset; no network here, so the loader is stopped at the call."""
+    import datasets
+
+    calls = []
+
+    def offline(source, **kwargs):
+        calls.append((source, kwargs))
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UserError, match="could not load 'dair-ai/emotion'"):
+        load_splits(DataConfig(source="dair-ai/emotion", revision="abc123"))
+    assert calls == [("dair-ai/emotion", {"revision": "abc123"})]

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from conftest import run, subprocess_env
+from conftest import run, stages_run, subprocess_env
 
-METRIC_KEYS = {"accuracy", "examples", "ece", "macro_precision", "macro_recall", "macro_f1",
-               "weighted_precision", "weighted_recall", "weighted_f1", "per_class"}
+HEADLINE_KEYS = {"accuracy", "macro_f1", "weighted_f1", "ece"}
+METRIC_KEYS = HEADLINE_KEYS | {"examples", "macro_precision", "macro_recall", "weighted_precision", "weighted_recall",
+                               "per_class"}
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 
@@ -22,10 +23,6 @@ def declared_outputs(project: Path) -> list[Path]:
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     outs = [next(iter(out)) if isinstance(out, dict) else out for stage in stages.values() for out in stage["outs"]]
     return [project / out for out in outs]
-
-
-def stages_run(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
 def check_metrics(metrics: dict, examples: int) -> None:
@@ -82,21 +79,27 @@ def test_pipeline_end_to_end(project: Path) -> None:
     for output in declared_outputs(project):
         assert output.exists(), f"declared output missing: {output}"
 
-    # 2. Metrics: same keys for the fine-tuned model and the baseline, values in range.
-    test_metrics = json.loads((project / "metrics/test.json").read_text())
+    # 2. Metrics: same keys for the fine-tuned model and the baseline, values in range; the
+    # top-level metric files hold the headline of the details files.
+    test_metrics = json.loads((project / "metrics/test_details.json").read_text())
     check_metrics(test_metrics, examples=300)
-    baseline_metrics = json.loads((project / "metrics/baseline.json").read_text())
+    baseline_metrics = json.loads((project / "metrics/baseline_details.json").read_text())
     check_metrics(baseline_metrics, examples=300)
+    for name, details in (("test", test_metrics), ("baseline", baseline_metrics)):
+        assert json.loads((project / f"metrics/{name}.json").read_text()) == {key: details[key] for key in HEADLINE_KEYS}
     # The baseline is scored by the same code as evaluate: identical keys, down to each class.
     assert baseline_metrics.keys() == test_metrics.keys()
     assert {name: scores.keys() for name, scores in baseline_metrics["per_class"].items()} == \
         {name: scores.keys() for name, scores in test_metrics["per_class"].items()}
-    train_summary = json.loads((project / "metrics/train.json").read_text())
-    assert 0.0 <= train_summary["best_validation_macro_f1"] <= 1.0
+    train_summary = json.loads((project / "metrics/train_details.json").read_text())
+    assert 0.0 <= train_summary["val_macro_f1"] <= 1.0
+    assert json.loads((project / "metrics/train.json").read_text()) == {
+        key: train_summary[key] for key in ("val_macro_f1", "val_accuracy", "best_epoch")}
     assert train_summary["steps"] == 2 * math.ceil(300 / 8)  # 2 epochs at batch 8
     assert 0 < train_summary["trainable_params"] < train_summary["total_params"]
     report = json.loads((project / "metrics/data_report.json").read_text())
     assert {split: info["rows"] for split, info in report["splits"].items()} == {"train": 300, "validation": 300, "test": 300}
+    assert set(report["source"]) == {"data.source", "data.revision"} and report["source"]["data.revision"] is None
     predictions = (project / "metrics/predictions.csv").read_text().splitlines()
     assert predictions[0] == "text,actual,predicted,confidence,correct" and len(predictions) == 301
     assert "most confident mistakes" in (project / "metrics/quality_report.md").read_text()
@@ -134,8 +137,11 @@ def test_pipeline_end_to_end(project: Path) -> None:
 
     shown = run(["dvc", "metrics", "show"], project).stdout
     assert "metrics/test.json" in shown and "macro_f1" in shown and "metrics/baseline.json" in shown
+    assert "per_class" not in shown
+    widest = max(len(line) for line in shown.splitlines())
+    assert widest <= 120, f"dvc metrics show is {widest} columns wide:\n{shown}"
     diff = run(["dvc", "metrics", "diff"], project).stdout
-    assert "metrics/train.json" in diff and "best_validation_macro_f1" in diff, diff
+    assert "metrics/train.json" in diff and "val_macro_f1" in diff, diff
     table = run(["dvc", "exp", "show", "--csv"], project).stdout
     assert "train.lr" in table and "0.001" in table and "macro_f1" in table
 
