@@ -7,7 +7,6 @@ same code serves the real Qwen3-0.6B job, an air-gapped copy of it, and the tiny
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from transformers import (
 
 from emotion_pipeline.config import LoraParams, ModelConfig
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.paths import BASE_MODELS_DIR, EXPORT_DIR
+from emotion_pipeline.paths import BASE_MODELS_DIR
 from emotion_pipeline.prepared import read_labels
-from emotion_pipeline.sources import not_local_either, resolve_source, warn_if_untracked
+from emotion_pipeline.sources import check_model_folder, not_local_either, resolve_source, warn_if_untracked
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +55,9 @@ def resolve_model(name: str, key: str = "model.name") -> str:
     source = resolve_source(name, key, "an existing local model folder (saved with save_pretrained) or a hub id "
                                        "such as Qwen/Qwen3-0.6B")
     if isinstance(source, Path):
-        _check_model_folder(name, source, key)
+        check_model_folder(name, source, key)
         warn_if_untracked(source, BASE_MODELS_DIR, key)
     return str(source)
-
-
-def _check_model_folder(name: str, folder: Path, key: str) -> None:
-    if (folder / "config.json").is_file():
-        return
-    if (folder / "adapter_config.json").is_file():
-        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "not recorded"
-        raise UserError(
-            f"{key}: '{name}' holds a LoRA adapter (adapter_config.json), not a full model, so it cannot be the base "
-            f"to train from. Give its base model (the adapter names '{base}'), or a merged export such as "
-            f"{EXPORT_DIR}, which holds the full weights."
-        )
-    what = "a file, not a folder" if folder.is_file() else "no config.json in it"
-    raise UserError(
-        f"{key}: '{name}' is not a model folder ({what}). Give a folder saved with save_pretrained "
-        f"(config.json, model.safetensors, tokenizer files) or a hub id such as Qwen/Qwen3-0.6B."
-    )
 
 
 def _hub_error(location: str, exc: Exception, key: str = "model.name") -> UserError:

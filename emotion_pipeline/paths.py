@@ -37,4 +37,5 @@ EXPORT_CHECK = Path("metrics/export.json")  # the export-vs-adapter agreement ch
 # baseline
 BASELINE_METRICS = Path("metrics/baseline.json")  # same headline keys as TEST_METRICS
 BASELINE_DETAILS = Path("metrics/baseline_details.json")  # same keys as TEST_DETAILS
+BASELINE_CHOICE = Path("metrics/baseline_choice.json")  # the validation search: every candidate and the one chosen
 BASELINE_QUALITY_REPORT = Path("metrics/baseline_quality_report.md")

@@ -1,34 +1,60 @@
-"""Fast batched prediction: one model load, texts sorted by length, dynamic padding, inference mode.
+"""Predicting emotions with a trained model: a batched library function, and the `emotion-predict` command.
 
-Used by the evaluate and export stages, and by users:
+    emotion-predict models/export "i feel so happy today" "that noise scared me"
+    emotion-predict models/export --file texts.txt                 # one text per line
+    emotion-predict models/export --file reviews.csv --column review   # or .jsonl
+    cat texts.txt | emotion-predict models/export --top-k 2
 
-    python -m emotion_pipeline.predict models/export "i feel so happy today" "this is scary"
+Output is JSON Lines, one object per text, in input order: its line (or argument) number, the
+text, the predicted label and its probability, and every class's probability (or the --top-k
+best). The rule for empty texts: they are skipped with a warning naming their line, never
+given a label; input with no text at all is an error. Bad input (a missing or wrong model
+folder, a file without the column) is one paragraph on stderr and exit status 2.
+
+predict_proba is what evaluate and export use: texts are tokenised once and batched
+shortest-first, so each batch pads only to its own longest text.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from emotion_pipeline.errors import UserError
+from emotion_pipeline.sources import check_model_folder, resolve_source
+
 
 @torch.inference_mode()
-def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128) -> np.ndarray:
+def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128,
+                  progress: bool = False) -> np.ndarray:
     """Class probabilities, shape (len(texts), num_labels), in the order of ``texts``.
 
     Texts are tokenised once, then batched shortest-first so each batch pads only to its own
-    longest text: with short tweets this removes nearly all padding work.
+    longest text: with short tweets this removes nearly all padding work. An empty text has
+    nothing to classify and is refused (ValueError) rather than given a label.
     """
     if not texts:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        raise ValueError(f"{len(empty)} empty text(s) (first at position {empty[0]}): nothing to classify")
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     device = next(model.parameters()).device
     probs = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="predicting", unit="batch", file=sys.stderr)
+    for start in starts:
         index = order[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, return_tensors="pt").to(device)
         logits = model(**batch).logits
@@ -36,26 +62,115 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
     return probs
 
 
-def load_exported(model_dir: str, device: str | None = None):
-    """An exported (merged) classifier and its tokenizer, ready for predict_proba."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+def pick_device(device: str = "auto") -> str:
+    """'auto': the GPU when there is one, else the CPU; or 'cpu', 'cuda', 'cuda:1', ..."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def load_exported(model_dir: str, device: str = "auto"):
+    """An exported (merged) classifier and its tokenizer, ready for predict_proba.
+
+    ``model_dir`` is checked first: a missing folder, a folder holding only a LoRA adapter, or
+    one without config.json is a UserError that says what to give instead.
+    """
+    location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export")
+    if isinstance(location, Path):
+        check_model_folder(model_dir, location, "model folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(location))
+        model = AutoModelForSequenceClassification.from_pretrained(str(location), use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"model folder: could not load '{model_dir}' ({first_line}). Give the folder written by the "
+                        f"export stage, e.g. models/export.") from None
+    model.to(pick_device(device)).eval()
     return model, tokenizer
 
 
+# --------------------------------------------------------------------------- the command
+
+
+def read_texts(args: argparse.Namespace) -> Iterator[tuple[int, str]]:
+    """(line or argument number, text) for every input text, from arguments, a file or stdin."""
+    if args.texts:
+        yield from enumerate(args.texts, start=1)
+        return
+    if args.file is None:
+        if sys.stdin.isatty():
+            raise UserError("no texts: give them as arguments, with --file, or on standard input.")
+        yield from _lines(sys.stdin)
+        return
+    path = args.file
+    if not path.is_file():
+        raise UserError(f"--file: '{path}' does not exist (looked for {path.absolute()}).")
+    if path.suffix in (".csv", ".jsonl"):
+        import pandas as pd
+
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else \
+            pd.read_json(path, lines=True, dtype=False)
+        if args.column not in frame.columns:
+            raise UserError(f"{path}: no column '{args.column}' (it has: {', '.join(map(str, frame.columns))}); "
+                            f"name the text column with --column.")
+        first_line = 2 if path.suffix == ".csv" else 1  # a CSV's line 1 is its header
+        yield from ((first_line + i, "" if value is None else str(value)) for i, value in enumerate(frame[args.column]))
+        return
+    with path.open(encoding="utf-8-sig") as handle:
+        yield from _lines(handle)
+
+
+def _lines(handle) -> Iterator[tuple[int, str]]:
+    """Numbered lines without their line ending, '\\r\\n' included (it would reach the model otherwise)."""
+    for number, line in enumerate(handle, start=1):
+        yield number, line.rstrip("\r\n")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Classify the emotion of each text with an exported model.")
-    parser.add_argument("model_dir", help="folder written by the export stage, e.g. models/export")
-    parser.add_argument("texts", nargs="*", help="texts to classify; read from stdin, one per line, if none")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = argparse.ArgumentParser(
+        prog="emotion-predict",
+        usage="%(prog)s MODEL_DIR [TEXT ...] [--file PATH [--column NAME]] [--top-k K] [--batch-size N] [--device D]",
+        description="Classify the emotion of each text with an exported model; prints one JSON object per text.",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by the export stage, e.g. models/export")
+    parser.add_argument("texts", nargs="*", default=[], metavar="TEXT",
+                        help="texts to classify (optional: without them, --file or standard input is read)")
+    parser.add_argument("--file", type=Path, help="one text per line (.txt), or a .csv / .jsonl file with --column")
+    parser.add_argument("--column", default="text", help="the text column of a .csv or .jsonl file (default: text)")
+    parser.add_argument("--top-k", type=int, help="print the K most likely classes instead of every class's score")
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
+    parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ... (default: auto)")
     args = parser.parse_args(argv)
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    model, tokenizer = load_exported(args.model_dir)
-    probs = predict_proba(model, tokenizer, texts, args.batch_size)
-    for text, row in zip(texts, probs):
-        label = model.config.id2label[int(row.argmax())]
-        print(f"{label}\t{row.max():.4f}\t{text}")
+    try:
+        run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.texts and args.file:
+        raise UserError("give texts as arguments or with --file, not both.")
+    if args.batch_size < 1 or (args.top_k is not None and args.top_k < 1):
+        raise UserError("--batch-size and --top-k must be at least 1.")
+    numbered = list(read_texts(args))
+    kept = [(number, text) for number, text in numbered if text.strip()]
+    where = "argument" if args.texts else "line"
+    for number, text in numbered:
+        if not text.strip():
+            print(f"warning: skipped the empty text at {where} {number}", file=sys.stderr)
+    if not kept:
+        raise UserError("no text to classify: the input is empty or holds only empty texts.")
+    model, tokenizer = load_exported(args.model_dir, args.device)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    probs = predict_proba(model, tokenizer, [text for _, text in kept], args.batch_size, progress=args.file is not None)
+    for (number, text), row in zip(kept, probs):
+        best = int(row.argmax())
+        record = {where: number, "text": text, "label": labels[best], "score": round(float(row[best]), 6)}
+        if args.top_k:
+            top = np.argsort(-row, kind="stable")[: args.top_k]
+            record["top_k"] = [{"label": labels[i], "score": round(float(row[i]), 6)} for i in top]
+        else:
+            record["scores"] = {name: round(float(p), 6) for name, p in zip(labels, row)}
+        print(json.dumps(record, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ the project, which DVC checks out into the copy) is used, and a path outside the
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from emotion_pipeline.errors import UserError
+from emotion_pipeline.paths import EXPORT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,24 @@ def warn_if_untracked(path: Path, tracked_dir: Path, key: str) -> None:
         log.warning("%s: %s is outside %s/, so DVC does not track it: editing its files re-runs nothing. To track it, "
                     "copy it to %s/%s and `dvc add` it there (see %s/README.md).",
                     key, path, tracked_dir, tracked_dir, path.name, tracked_dir)
+
+
+def check_model_folder(name: str, folder: Path, key: str) -> None:
+    """A model folder has a config.json; an adapter-only folder or any other folder is explained, not loaded."""
+    if (folder / "config.json").is_file():
+        return
+    if (folder / "adapter_config.json").is_file():
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "not recorded"
+        raise UserError(
+            f"{key}: '{name}' holds a LoRA adapter (adapter_config.json), not a full model, so it cannot be the base "
+            f"to train from. Give its base model (the adapter names '{base}'), or a merged export such as "
+            f"{EXPORT_DIR}, which holds the full weights."
+        )
+    what = "a file, not a folder" if folder.is_file() else "no config.json in it"
+    raise UserError(
+        f"{key}: '{name}' is not a model folder ({what}). Give a folder saved with save_pretrained "
+        f"(config.json, model.safetensors, tokenizer files) or a hub id such as Qwen/Qwen3-0.6B."
+    )
 
 
 def not_local_either(value: str) -> str:

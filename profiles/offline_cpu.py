@@ -55,6 +55,9 @@ def overrides() -> dict[str, str]:
         "train.eval_batch_size": "128",
         "train.logging_steps": "25",
         "evaluate.batch_size": "128",
+        # What the model card names: hub ids users can find, not the local copies' folders.
+        "export.base_model_id": "sentence-transformers/all-MiniLM-L6-v2",
+        "export.dataset_id": "dair-ai/emotion",
     }
 
 

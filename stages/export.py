@@ -1,6 +1,7 @@
 """export: adapter merged into the base -> models/export, a plain transformers model with a model card.
 
-Reads params sections: model (to load the base), export.
+Reads params sections: model (to load the base), export. The model card also reads the test
+metrics and the data report (which data and revision the run used).
 
 The exported folder loads with AutoModelForSequenceClassification alone, no peft needed. Before
 it is moved into place, it is reloaded from disk and must predict the same labels as the
@@ -11,15 +12,26 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from emotion_pipeline.config import load_params
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.modeling import load_adapter_model
-from emotion_pipeline.paths import ADAPTER_DIR, EXPORT_CHECK, EXPORT_DIR, PREPARED_DIR, TEST_DETAILS, TRAINING_PARAMS_FILE
+from emotion_pipeline.paths import (
+    ADAPTER_DIR,
+    DATA_REPORT,
+    EXPORT_CHECK,
+    EXPORT_DIR,
+    PREPARED_DIR,
+    TEST_DETAILS,
+    TRAINING_PARAMS_FILE,
+)
 from emotion_pipeline.predict import load_exported, predict_proba
 from emotion_pipeline.prepared import read_prepared
+from emotion_pipeline.sources import resolve_source
 
 log = logging.getLogger("export")
 
@@ -45,7 +57,7 @@ def main() -> None:
         exported, exported_tokenizer = load_exported(str(staging), device="cpu")
         export_probs = predict_proba(exported, exported_tokenizer, sample, max_length=params.model.max_length)
         check = _compare(adapter_probs, export_probs, cfg.max_prob_diff)
-        (staging / "README.md").write_text(model_card(params.model.name, params.model.revision, labels))
+        model_card(params, labels).save(staging / "README.md")
     write_json(EXPORT_CHECK, check)
     log.info("exported to %s; %d sample predictions match the adapter (max prob diff %.2e)",
              EXPORT_DIR, check["samples"], check["max_prob_diff"])
@@ -63,25 +75,53 @@ def _compare(adapter_probs: np.ndarray, export_probs: np.ndarray, tolerance: flo
     return {"samples": int(len(same_labels)), "labels_equal": True, "max_prob_diff": round(max_diff, 8)}
 
 
-def model_card(base_name: str, base_revision: str | None, labels: list[str]) -> str:
-    metrics = json.loads(TEST_DETAILS.read_text())
-    training = json.loads((ADAPTER_DIR / TRAINING_PARAMS_FILE).read_text())
-    per_class = "\n".join(
-        f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
-        for name, s in metrics["per_class"].items()
-    )
-    params_yaml = json.dumps(training, indent=2, sort_keys=True)
-    return f"""---
-library_name: transformers
-pipeline_tag: text-classification
-base_model: {base_name}
-tags: [emotion, lora, dvc]
----
+def hub_id_of(name: str) -> str | None:
+    """A hub id for the card: ``name`` itself if it is one; for a local folder, the id its config came from."""
+    source = resolve_source(name, "model.name", "a hub id")
+    if not isinstance(source, Path):
+        return source
+    origin = json.loads((source / "config.json").read_text()).get("_name_or_path", "") if (source / "config.json").is_file() else ""
+    return origin if origin and not isinstance(resolve_source(origin, "model.name", "a hub id"), Path) else None
 
-# Emotion classifier: {base_name} + LoRA (merged)
+
+def model_card(params, labels: list[str]) -> ModelCard:
+    """The export's README.md: HF card metadata (base model, dataset, pipeline tag, a model-index with the
+    real test metrics) and a body with per-class scores, usage and the training params.
+
+    Names on the card are hub ids users can find, never a folder of the training machine:
+    export.base_model_id / export.dataset_id when set, else model.name / data.source when they are
+    hub ids (or the id a local model folder's config came from), else left out.
+    """
+    metrics = json.loads(TEST_DETAILS.read_text())
+    source = json.loads(DATA_REPORT.read_text())["source"]
+    training = json.loads((ADAPTER_DIR / TRAINING_PARAMS_FILE).read_text())
+    training["model"].pop("name")  # may be a folder of the training machine; the base model is named above
+    base_model = params.export.base_model_id or hub_id_of(params.model.name)
+    dataset = params.export.dataset_id or (None if isinstance(resolve_source(source["data.source"], "data.source", "a hub id"), Path)
+                                           else source["data.source"])
+    name = f"{(base_model or 'local base model').split('/')[-1]}-emotion-lora"
+    evals = [
+        EvalResult(task_type="text-classification", dataset_type=dataset, dataset_name=dataset, dataset_split="test",
+                   dataset_revision=source["data.revision"], metric_type=metric, metric_name=title,
+                   metric_value=metrics[key], metric_config=config)
+        for key, metric, title, config in (("accuracy", "accuracy", "accuracy", None), ("macro_f1", "f1", "macro F1", "macro"),
+                                           ("weighted_f1", "f1", "weighted F1", "weighted"))
+    ] if dataset else None
+    data = ModelCardData(library_name="transformers", pipeline_tag="text-classification", base_model=base_model,
+                         datasets=[dataset] if dataset else None, tags=["emotion", "lora", "dvc"], model_name=name,
+                         eval_results=evals)
+    per_class = "\n".join(
+        f"| {label} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
+        for label, s in metrics["per_class"].items()
+    )
+    base_line = (f"`{base_model}`" if base_model else "a local model folder (set export.base_model_id to name it)") + \
+        f", revision `{params.model.revision or 'default branch'}`"
+    body = f"""
+# Emotion classifier: {base_model or "local base model"} + LoRA (merged)
 
 Classifies English text into six emotions: {", ".join(labels)}.
-Base model: `{base_name}`, revision `{base_revision or "default branch"}`.
+Base model: {base_line}. Data: {f"`{dataset}`" if dataset else "a local dataset"}, revision
+`{source["data.revision"] or "default branch"}`.
 Fine-tuned with LoRA by the emotion-pipeline DVC pipeline and merged into the base weights,
 so it loads with plain `transformers` (no `peft`).
 
@@ -101,22 +141,18 @@ so it loads with plain `transformers` (no `peft`).
 ## Use
 
 ```python
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import pipeline
 
-tokenizer = AutoTokenizer.from_pretrained("{EXPORT_DIR}")
-model = AutoModelForSequenceClassification.from_pretrained("{EXPORT_DIR}").eval()
-batch = tokenizer(["i feel so happy today", "this noise scares me"], padding=True, return_tensors="pt")
-with torch.inference_mode():
-    probs = model(**batch).logits.softmax(-1)
-print([model.config.id2label[i] for i in probs.argmax(-1).tolist()])
+classify = pipeline("text-classification", model="{EXPORT_DIR}")
+print(classify(["i feel so happy today", "this noise scares me"]))
 ```
 
-Or from the shell: `python -m emotion_pipeline.predict {EXPORT_DIR} "i feel so happy today"`.
+Or from the shell: `emotion-predict {EXPORT_DIR} "i feel so happy today"` (JSON Lines out).
 
 ## Training parameters (params.yaml sections model, lora, train)
 
 ```json
-{params_yaml}
+{json.dumps(training, indent=2, sort_keys=True)}
 ```
 """
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 from conftest import run, stages_run, subprocess_env
+from huggingface_hub import ModelCard
+from transformers import pipeline
 
 HEADLINE_KEYS = {"accuracy", "macro_f1", "weighted_f1", "ece"}
 METRIC_KEYS = HEADLINE_KEYS | {"examples", "macro_precision", "macro_recall", "weighted_precision", "weighted_recall",
@@ -87,6 +89,11 @@ def test_pipeline_end_to_end(project: Path) -> None:
     check_metrics(baseline_metrics, examples=300)
     for name, details in (("test", test_metrics), ("baseline", baseline_metrics)):
         assert json.loads((project / f"metrics/{name}.json").read_text()) == {key: details[key] for key in HEADLINE_KEYS}
+    # The baseline was chosen on validation: the best of its whole search space, recorded.
+    choice = json.loads((project / "metrics/baseline_choice.json").read_text())
+    assert len(choice["candidates"]) == 2 * 4 * 2 * 2
+    assert choice["validation_macro_f1"] == max(c["validation_macro_f1"] for c in choice["candidates"])
+    assert set(choice["chosen"]) == {"ngram_max", "c", "class_weight", "sublinear_tf"}
     # The baseline is scored by the same code as evaluate: identical keys, down to each class.
     assert baseline_metrics.keys() == test_metrics.keys()
     assert {name: scores.keys() for name, scores in baseline_metrics["per_class"].items()} == \
@@ -112,8 +119,15 @@ def test_pipeline_end_to_end(project: Path) -> None:
     assert config["architectures"] == ["Qwen3ForSequenceClassification"]
     assert config["pad_token_id"] is not None
     assert (project / "models/export/model.safetensors").is_file()
-    card = (project / "models/export/README.md").read_text()
-    assert f"{test_metrics['macro_f1']:.4f}" in card and "from_pretrained" in card
+    card = ModelCard.load(project / "models/export/README.md")
+    assert f"{test_metrics['macro_f1']:.4f}" in card.text and 'pipeline("text-classification"' in card.text
+    assert card.data.pipeline_tag == "text-classification" and card.data.datasets == ["dair-ai/emotion"]
+    scores = {(result.metric_type, result.metric_config): result.metric_value for result in card.data.eval_results}
+    assert scores[("accuracy", None)] == test_metrics["accuracy"] and scores[("f1", "macro")] == test_metrics["macro_f1"]
+    # The tiny base is a local folder with no hub origin: named nowhere on the card, its path neither.
+    assert card.data.base_model is None and str(Path(yaml.safe_load((project / "params.yaml").read_text())["model"]["name"])) not in card.content
+    classify = pipeline("text-classification", model=str(project / "models/export"))
+    assert all(result["label"] in LABELS for result in classify(["i feel so happy today", "that noise scared me"]))
     texts = pd.read_csv(project / "metrics/predictions.csv")["text"].head(40).tolist()
     exported = json.loads(run_with_input([sys.executable, "-c", EXPORT_CHECK], project, json.dumps(texts)).splitlines()[-1])
     assert exported == adapter_labels(project, texts)

@@ -33,9 +33,12 @@ def experiments(project: Path) -> dict[str, dict]:
     return {row["Experiment"]: row for row in exp_rows(project) if row["Experiment"]}
 
 
-def export_files(project: Path) -> dict[str, bytes]:
-    folder = project / "models" / "export"
+def folder_files(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def export_files(project: Path) -> dict[str, bytes]:
+    return folder_files(project / "models" / "export")
 
 
 def wait_for_queue(project: Path, timeout: float = 1200) -> str:
@@ -137,3 +140,24 @@ def test_plots_render_offline_and_compare_experiments(team):
     run(["python", "-m", "emotion_pipeline.plots", "diff", *names, "-o", "plots_diff"], a)
     compared = (a / "plots_diff" / "index.html").read_text()
     assert all(name in compared for name in names) and "cdn.jsdelivr" not in compared
+
+
+def test_the_model_is_fetched_by_artifact_name_at_any_version(team, tmp_path):
+    """`dvc artifacts get` from the origin and its DVC remote: no clone, no training. Versions are
+    annotated git tags in the model-registry convention, <artifact>@v<semver>."""
+    a, origin = team["a"], str(team["origin"])
+    run([*GIT, "tag", "-a", "emotion-classifier@v1.0.0", "-m", "baseline model"], a)
+    # A second version: the better experiment of the sweep, committed, shared and tagged.
+    best = max(experiments(a).items(), key=lambda item: float(item[1]["metrics/test.json:macro_f1"]))[0]
+    run(["dvc", "exp", "apply", best], a)
+    run(["git", "add", "-A"], a)
+    run([*GIT, "commit", "-qm", f"promote {best}"], a)
+    run([*GIT, "tag", "-a", "emotion-classifier@v1.1.0", "-m", f"experiment {best}"], a)
+    run(["dvc", "push", "-q"], a)
+    run(["git", "push", "-q", "--tags", "origin", "HEAD:main"], a)
+
+    latest, first = tmp_path / "latest", tmp_path / "v1"
+    run(["dvc", "artifacts", "get", origin, "emotion-classifier", "-o", str(latest)], tmp_path)
+    run(["dvc", "artifacts", "get", origin, "emotion-classifier", "--rev", "v1.0.0", "-o", str(first)], tmp_path)
+    assert folder_files(first) == team["baseline_export"]
+    assert folder_files(latest) == export_files(a) != team["baseline_export"]

@@ -1,0 +1,130 @@
+"""The `emotion-predict` command: texts from arguments, a file or stdin; JSONL out; every bad input one paragraph.
+
+Most cases call main() in this process on a small exported classifier (the tiny Qwen3 with a
+six-class head, saved as the export stage saves it); the console script itself runs once, on stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import subprocess_env
+
+from emotion_pipeline.predict import main
+
+LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_model, tmp_path_factory) -> Path:
+    """A merged six-class classifier folder, like models/export."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("export") / "export"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, num_labels=6, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def predict(capsys, *args: str) -> tuple[int, list[dict], str]:
+    """Run the command in-process: exit code, the JSON records it printed, its stderr."""
+    try:
+        main([*map(str, args)])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_texts_as_arguments_give_one_record_each_with_every_class(exported, capsys):
+    code, records, _ = predict(capsys, exported, "i feel so happy today", "that noise scared me")
+    assert code == 0 and [r["argument"] for r in records] == [1, 2]
+    for record in records:
+        assert record["label"] in LABELS and set(record["scores"]) == set(LABELS)
+        assert abs(sum(record["scores"].values()) - 1) < 1e-4
+        assert record["score"] == max(record["scores"].values())
+
+
+def test_top_k_lists_the_best_classes_in_order(exported, capsys):
+    code, records, _ = predict(capsys, exported, "i feel so happy today", "--top-k", "2")
+    top = records[0]["top_k"]
+    assert code == 0 and len(top) == 2 and top[0]["score"] >= top[1]["score"] and top[0]["label"] == records[0]["label"]
+
+
+def test_a_text_file_with_windows_line_ends_and_blank_lines(exported, capsys, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_bytes(b"\xef\xbb\xbfi feel so happy today\r\n\r\nthat noise scared me\r\n")
+    code, records, err = predict(capsys, exported, "--file", texts)
+    assert code == 0 and [(r["line"], r["text"]) for r in records] == [(1, "i feel so happy today"), (3, "that noise scared me")]
+    assert "skipped the empty text at line 2" in err
+    # The '\r' never reaches the model: same scores as the bare text given as an argument.
+    _, [bare], _ = predict(capsys, exported, "that noise scared me")
+    assert records[1]["scores"] == bare["scores"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_csv_or_jsonl_file_with_a_named_column(exported, capsys, tmp_path, suffix):
+    path = tmp_path / f"reviews{suffix}"
+    rows = [{"id": 7, "review": "i feel so happy today"}, {"id": 8, "review": ""}, {"id": 9, "review": "so scary"}]
+    if suffix == ".csv":
+        path.write_text("id,review\n" + "".join(f"{r['id']},{r['review']}\n" for r in rows))
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, records, err = predict(capsys, exported, "--file", path, "--column", "review")
+    assert code == 0 and [r["text"] for r in records] == ["i feel so happy today", "so scary"]
+    assert f"skipped the empty text at line {3 if suffix == '.csv' else 2}" in err
+    code, _, err = predict(capsys, exported, "--file", path)
+    assert code == 2 and "no column 'text' (it has: id, review)" in err and "--column" in err
+
+
+def test_empty_texts_are_skipped_with_a_warning_never_labelled(exported, capsys):
+    code, records, err = predict(capsys, exported, "", "i feel so happy today")
+    assert code == 0 and [r["argument"] for r in records] == [2]
+    assert "skipped the empty text at argument 1" in err
+    code, records, err = predict(capsys, exported, "", "   ")
+    assert code == 2 and records == [] and "no text to classify" in err and "Traceback" not in err
+
+
+def test_bad_model_folders_are_one_paragraph_and_exit_2(exported, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    adapter = tmp_path / "models" / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen3-0.6B"}))
+    cases = {
+        "models/export": [f"looked for {tmp_path / 'models/export'}"],  # missing, relative
+        "models/adapter": ["holds a LoRA adapter", "models/export"],
+        str(tmp_path): ["no config.json"],
+        "nobody/no-such-model": ["could not load 'nobody/no-such-model'"],  # a hub id, offline
+    }
+    for model_dir, needles in cases.items():
+        code, records, err = predict(capsys, model_dir, "i feel so happy today")
+        assert code == 2 and records == [] and err.startswith("error: ") and "Traceback" not in err, (model_dir, err)
+        assert all(needle in err for needle in needles), (model_dir, err)
+
+
+def test_usage_says_texts_are_optional(capsys):
+    with pytest.raises(SystemExit):
+        main([])
+    err = capsys.readouterr().err
+    assert "[TEXT ...]" in err and "required: MODEL_DIR" in err and "TEXT" not in err.split("required:")[1]
+
+
+def test_the_console_script_reads_stdin(exported):
+    script = Path(sys.executable).with_name("emotion-predict")
+    result = subprocess.run([str(script), str(exported), "--top-k", "1"], input="i feel so happy today\r\n\r\nso scary\r\n",
+                            capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["line"], r["text"]) for r in records] == [(1, "i feel so happy today"), (3, "so scary")]
+    assert "skipped the empty text at line 2" in result.stderr
