@@ -110,6 +110,14 @@ def set_params(project: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def workdir(path: Path, overrides: dict) -> Path:
+    """A folder with the project's params.yaml and ``overrides``: all an in-process stage needs."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "params.yaml", path / "params.yaml")
+    set_params(path, overrides)
+    return path
+
+
 def copy_project(dest: Path, overrides: dict | None = None) -> Path:
     """Copy the project's tracked and unignored files to ``dest``, make it a git repo with one commit."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,

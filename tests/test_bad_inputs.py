@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BAD_PARAMS, REPO, SPLIT_FILES, copy_project, run_stage, set_params, tiny_params
+from conftest import BAD_PARAMS, SPLIT_FILES, copy_project, run_stage, set_params, tiny_params, workdir
 
 from emotion_pipeline import errors
 
@@ -24,14 +24,6 @@ LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 class Result:
     returncode: int
     stderr: str
-
-
-def workdir(path: Path, overrides: dict) -> Path:
-    """A folder with the project's params.yaml and ``overrides``: all an in-process stage needs."""
-    path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "params.yaml", path / "params.yaml")
-    set_params(path, overrides)
-    return path
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ the same bytes; on, they move the loss and the predictions the expected way."""
 
 from __future__ import annotations
 
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, set_params, tiny_params
+from conftest import set_params, tiny_params, workdir
 
 from emotion_pipeline.config import TrainConfig
 from emotion_pipeline.errors import UserError, run_stage
@@ -72,10 +71,7 @@ def test_class_weighting_moves_predictions_towards_the_rare_class():
 
 @pytest.fixture
 def stage_folder(tmp_path, small_data, tiny_model, monkeypatch):
-    folder = tmp_path / "p"
-    folder.mkdir()
-    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
-    set_params(folder, tiny_params(small_data, tiny_model))
+    folder = workdir(tmp_path / "p", tiny_params(small_data, tiny_model))
     set_params(folder, {"train": {"epochs": 1}})
     monkeypatch.chdir(folder)
     run_stage("stages.prepare")
