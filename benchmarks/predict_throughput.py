@@ -75,8 +75,7 @@ def variant(name: str, base: str, adapter: Path, export: Path, texts: list[str],
         from emotion_pipeline.modeling import load_adapter_model
         from emotion_pipeline.predict import predict_proba
 
-        model, tokenizer = load_adapter_model(ModelConfig(name=base), adapter)
-        model.to(device)
+        model, tokenizer = load_adapter_model(ModelConfig(name=base), adapter, torch.device(device))
         if bf16:
             model.to(torch.bfloat16)
         loaded = time.perf_counter()

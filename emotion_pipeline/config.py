@@ -18,6 +18,10 @@ from emotion_pipeline.errors import UserError
 from emotion_pipeline.paths import PARAMS_FILE
 
 
+# compute.device and the predict command's --device (emotion_pipeline.device.choose_device).
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
 class Section(BaseModel):
     """Base of every params section: unknown keys are errors, values are checked on assignment."""
 
@@ -98,6 +102,22 @@ class TrainConfig(Section):
         0, ge=0, description="Stop after this many evaluations without a better validation macro-F1; 0: off.")
 
 
+class ComputeConfig(Section):
+    """Where and on how many processes the stages run. The train stage reads all of it; evaluate and
+    export read only ``device``."""
+
+    device: str = Field("auto", pattern=f"^({DEVICE_PATTERN})$",
+                        description="auto (the GPU when torch sees one, else the CPU), cpu, cuda or cuda:<index>.")
+    deterministic: bool = Field(
+        True, description="Deterministic kernels, so the same params and data give the same weights. On a GPU, ops "
+        "without a deterministic CUDA kernel then warn instead of failing; false: faster, not bit-reproducible.")
+    nproc_per_node: int = Field(1, gt=0, description="Training processes per machine (one per GPU); above 1 (or with "
+                                "nnodes above 1), train runs under torchrun.")
+    nnodes: int = Field(1, gt=0, description="Machines taking part in one training run (torchrun --nnodes).")
+    rdzv_endpoint: str = Field("127.0.0.1:29400", pattern=r"^[^:\s]+:\d+$", description="host:port where the "
+                               "processes of a multi-node run meet (torchrun --rdzv-endpoint); unused on one machine.")
+
+
 class EvaluateConfig(Section):
     batch_size: int = Field(64, gt=0, description="Sentences per forward pass when predicting the test split.")
 
@@ -139,6 +159,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     lora: LoraParams = LoraParams()
     train: TrainConfig = TrainConfig()
+    compute: ComputeConfig = ComputeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     metrics: MetricsConfig = MetricsConfig()
     export: ExportConfig = ExportConfig()

@@ -39,17 +39,6 @@ LORA_TARGETS: dict[str, list[str]] = {
 }
 
 
-def best_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (bf16 is ~50x slower there); bf16 on a GPU that supports it."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def resolve_model(name: str, key: str = "model.name") -> str:
     """Where to load ``name`` from: an absolute local model folder, or a hub id (checked when loaded)."""
     source = resolve_source(name, key, "an existing local model folder (saved with save_pretrained) or a hub id "
@@ -159,8 +148,10 @@ def _sort_set_fields(config: LoraConfig) -> None:
             setattr(config, field.name, sorted(value))
 
 
-def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, dtype: torch.dtype = torch.float32) -> tuple[PeftModel, object]:
-    """Base model from ``model.name`` plus the trained adapter, head and tokenizer from ``adapter_dir``.
+def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, device: torch.device,
+                       dtype: torch.dtype = torch.float32) -> tuple[PeftModel, object]:
+    """Base model from ``model.name`` plus the trained adapter, head and tokenizer from ``adapter_dir``,
+    on ``device`` and in eval mode.
 
     The base comes from params, not from the adapter's base_model_name_or_path, so a base that
     was moved (or built from a config, which records no name) still loads.
@@ -171,6 +162,6 @@ def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, dtype: torch.dtype =
     labels = read_labels(adapter_dir)
     base = load_classifier_base(resolve_model(cfg.name), cfg, labels, tokenizer.pad_token_id, dtype)
     model = PeftModel.from_pretrained(base, adapter_dir)
-    model.eval()
+    model.to(device).eval()
     return model, tokenizer
 

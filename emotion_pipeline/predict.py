@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from emotion_pipeline.device import choose_device
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.sources import check_model_folder, resolve_source
 
@@ -62,11 +63,6 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
     return probs
 
 
-def pick_device(device: str = "auto") -> str:
-    """'auto': the GPU when there is one, else the CPU; or 'cpu', 'cuda', 'cuda:1', ..."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def load_exported(model_dir: str, device: str = "auto"):
     """An exported (merged) classifier and its tokenizer, ready for predict_proba.
 
@@ -83,7 +79,7 @@ def load_exported(model_dir: str, device: str = "auto"):
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"model folder: could not load '{model_dir}' ({first_line}). Give the folder written by the "
                         f"export stage, e.g. models/export.") from None
-    model.to(pick_device(device)).eval()
+    model.to(choose_device(device, key="--device")).eval()
     return model, tokenizer
 
 

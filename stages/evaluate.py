@@ -1,6 +1,6 @@
 """evaluate: adapter + test split -> metrics/test.json, classification report, predictions, quality report.
 
-Reads params sections: model (to load the base under the adapter), evaluate, metrics.
+Reads params sections: model (to load the base under the adapter), evaluate, metrics, compute.device.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.device import choose_device
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.metrics import (
     classification_metrics,
@@ -32,14 +33,15 @@ from emotion_pipeline.prepared import read_prepared
 log = logging.getLogger("evaluate")
 
 
-
 def main() -> None:
     params = load_params()
     cfg = params.evaluate
     splits, labels = read_prepared(PREPARED_DIR)
     test = splits["test"]
 
-    model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR)
+    device = choose_device(params.compute.device)
+    model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR, device)
+    log.info("predicting the test split on %s", device)
     # Merging LoRA into the base weights once makes every forward pass as cheap as the base model's.
     model = model.merge_and_unload()
     probs = predict_proba(model, tokenizer, test["text"].tolist(), cfg.batch_size, params.model.max_length)

@@ -1,6 +1,6 @@
 """export: adapter merged into the base -> models/export, a plain transformers model with a model card.
 
-Reads params sections: model (to load the base), export. The model card also reads the test
+Reads params sections: model (to load the base), export, compute.device. The model card also reads the test
 metrics and the data report (which data and revision the run used).
 
 The exported folder loads with AutoModelForSequenceClassification alone, no peft needed. Before
@@ -18,6 +18,7 @@ import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.device import choose_device
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.modeling import load_adapter_model
 from emotion_pipeline.paths import (
@@ -36,7 +37,6 @@ from emotion_pipeline.sources import resolve_source
 log = logging.getLogger("export")
 
 
-
 class ExportMismatch(RuntimeError):
     """The reloaded export does not predict like the adapter it came from."""
 
@@ -47,14 +47,15 @@ def main() -> None:
     splits, labels = read_prepared(PREPARED_DIR)
     sample = splits["test"]["text"].tolist()[: cfg.check_samples]
 
-    adapter_model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR)
+    device = choose_device(params.compute.device)
+    adapter_model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR, device)
     adapter_probs = predict_proba(adapter_model, tokenizer, sample, max_length=params.model.max_length)
     merged = adapter_model.merge_and_unload()
 
     with atomic_dir(EXPORT_DIR) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        exported, exported_tokenizer = load_exported(str(staging), device="cpu")
+        exported, exported_tokenizer = load_exported(str(staging), device=str(device))
         export_probs = predict_proba(exported, exported_tokenizer, sample, max_length=params.model.max_length)
         check = _compare(adapter_probs, export_probs, cfg.max_prob_diff)
         model_card(params, labels).save(staging / "README.md")

@@ -1,18 +1,23 @@
 """train: LoRA fine-tune of model.name on data/prepared -> models/adapter + metrics/train.json.
 
-Reads params sections: model, lora, train.
+Reads params sections: model, lora, train, compute.
 
 The story: load the prepared splits, tokenise them once, load the base model with a fresh
 classification head, wrap it with LoRA, and let the HF Trainer run with dynamic padding and
 length-grouped batches, evaluating macro-F1 on validation each epoch and keeping the best
 epoch. Checkpoints go to models/checkpoints, a scratch folder DVC does not track, so a killed
 run resumes where it stopped on the next `dvc repro`, provided params and data are unchanged.
+With compute.nproc_per_node or compute.nnodes above 1, the stage re-runs itself under torchrun
+(emotion_pipeline.distributed): each process trains on its share of every batch, and only global
+rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 
 import datasets
@@ -21,12 +26,21 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import enable_full_determinism
 
 from emotion_pipeline.checkpoints import finish, resumable_checkpoint, run_fingerprint, step_of
 from emotion_pipeline.config import load_params
+from emotion_pipeline.device import best_dtype, choose_device
+from emotion_pipeline.distributed import (
+    LogWeightsChecksum,
+    broadcast_from_rank0,
+    die_with_launcher,
+    torchrun_command,
+    under_torchrun,
+)
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.io import atomic_dir, write_json
-from emotion_pipeline.modeling import add_lora, best_dtype, default_device, load_classifier_base, load_tokenizer, resolve_model
+from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer, resolve_model
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     CHECKPOINT_DIR,
@@ -45,20 +59,28 @@ log = logging.getLogger("train")
 
 def main() -> None:
     params = load_params()
-    model_cfg, lora_cfg, train_cfg = params.model, params.lora, params.train
+    model_cfg, lora_cfg, train_cfg, compute = params.model, params.lora, params.train, params.compute
     splits, labels = read_prepared(PREPARED_DIR)
+    location = resolve_model(model_cfg.name)
 
+    # More than one process: hand over to torchrun, which runs this stage once per process. Params,
+    # data and model path were checked above, so a mistake is reported once, not by every process.
+    if not under_torchrun() and (command := torchrun_command(compute, "stages", "train")):
+        log.info("launching %d processes: torchrun %s", compute.nproc_per_node * compute.nnodes, " ".join(command[3:]))
+        logging.shutdown()
+        sys.stdout.flush()
+        os.execv(sys.executable, command)
+    if under_torchrun():
+        die_with_launcher()
+
+    device = choose_device(compute.device)
+    dtype = best_dtype(device)
     # Seed before the model is built: the new classification head and LoRA matrices are random.
     set_seed(train_cfg.seed)
-    device = default_device()
-    dtype = best_dtype(device)
-    location = resolve_model(model_cfg.name)
     tokenizer = load_tokenizer(location, model_cfg.trust_remote_code, model_cfg.revision)
     model = load_classifier_base(location, model_cfg, labels, tokenizer.pad_token_id, dtype)
     model = add_lora(model, lora_cfg)
     trainable, total = model.get_nb_trainable_parameters()
-    log.info("%s on %s (%s): %s of %s parameters trainable (%.2f%%)", model_cfg.name, device, str(dtype).removeprefix("torch."),
-             f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
     def tokenize(frame):
         dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
@@ -68,10 +90,11 @@ def main() -> None:
 
     train_set, validation_set = tokenize(splits["train"]), tokenize(splits["validation"])
 
-    train_params = params.model_dump(include={"model", "lora", "train"})
-    fingerprint = run_fingerprint(train_params, PREPARED_DIR)
-    resume_from = resumable_checkpoint(CHECKPOINT_DIR, fingerprint)
-
+    # Deterministic kernels: same params + data -> same weights. Some ops have no deterministic CUDA
+    # kernel; on a GPU they warn (naming the op) rather than stop the run.
+    deterministic_gpu = compute.deterministic and device.type == "cuda"
+    if deterministic_gpu:
+        enable_full_determinism(train_cfg.seed, warn_only=True)
     args = TrainingArguments(
         output_dir=str(CHECKPOINT_DIR),
         learning_rate=train_cfg.lr,
@@ -84,7 +107,7 @@ def main() -> None:
         lr_scheduler_type="linear",
         seed=train_cfg.seed,
         data_seed=train_cfg.seed,
-        full_determinism=True,  # deterministic kernels: same params + data -> same metrics
+        full_determinism=compute.deterministic and not deterministic_gpu,
         train_sampling_strategy="group_by_length" if train_cfg.group_by_length else "random",
         eval_strategy="epoch",
         save_strategy="epoch",
@@ -95,11 +118,33 @@ def main() -> None:
         logging_steps=train_cfg.logging_steps,
         logging_first_step=True,
         bf16=dtype == torch.bfloat16,
+        # On a CPU the Trainer syncs processes over gloo only when told it runs on the CPU.
         use_cpu=device.type == "cpu",
+        ddp_find_unused_parameters=False,  # every trainable weight (LoRA, head) takes part in each forward pass
+        # On, the Trainer multiplies the loss by the number of processes for models that accept loss
+        # kwargs, expecting a sum over tokens; a classifier's loss is already a mean, so the reported
+        # and back-propagated loss would double on 2 processes. Off, each process's mean is averaged.
+        average_tokens_across_devices=False,
         report_to="none",  # dvclive is attached explicitly below, with dvcyaml=False
         dataloader_num_workers=0,
     )
-    live = open_live(TRAIN_LOG_DIR)
+    # From here on, in several processes, only global rank 0 writes: the fingerprint, the dvclive
+    # log, the adapter and the metrics. The Trainer saves checkpoints from rank 0 only, too.
+    writer = args.process_index == 0
+    global_batch = train_cfg.batch_size * args.world_size * train_cfg.gradient_accumulation_steps
+    if writer:
+        log.info("%s on %s (%s): %s of %s parameters trainable (%.2f%%)", model_cfg.name, device.type,
+                 str(dtype).removeprefix("torch."), f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        log.info("global batch %d = %d per process x %d process(es) x %d accumulation step(s)", global_batch,
+                 train_cfg.batch_size, args.world_size, train_cfg.gradient_accumulation_steps)
+
+    train_params = params.model_dump(include={"model", "lora", "train"})
+    # A checkpoint resumes only on as many processes as wrote it: their data shards and RNG states.
+    fingerprint = run_fingerprint({**train_params, "world_size": args.world_size}, PREPARED_DIR)
+    resume_from = resumable_checkpoint(CHECKPOINT_DIR, fingerprint) if writer else None
+    resume_from = broadcast_from_rank0(resume_from)  # every rank resumes from the same checkpoint
+
+    live = open_live(TRAIN_LOG_DIR) if writer else None
     trainer = Trainer(
         model=model,
         args=args,
@@ -110,13 +155,16 @@ def main() -> None:
         compute_metrics=lambda prediction: validation_metrics(prediction, labels),
         # None when every lever is off: the model's own loss, exactly as the seed recipe trains.
         compute_loss_func=rare_class_loss(train_cfg, splits["train"]["label"].to_numpy(), len(labels)),
-        callbacks=[LogAtEpochEnd(), LiveLogger(live)]
+        callbacks=[LogAtEpochEnd(), LogWeightsChecksum()]
+        + ([LiveLogger(live)] if writer else [])
         + ([EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []),
     )
 
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     runtime = time.perf_counter() - started
+    if not writer:
+        return
 
     # load_best_model_at_end: trainer.model now holds the epoch with the best validation macro-F1.
     with atomic_dir(ADAPTER_DIR) as staging:
@@ -140,10 +188,12 @@ def main() -> None:
     # The best validation scores are the headline; the whole summary is a plain output.
     write_json(TRAIN_METRICS, {key: summary[key] for key in ("val_macro_f1", "val_accuracy", "best_epoch")})
     write_json(TRAIN_DETAILS, summary)
-    # Timing differs run to run, so it lives apart from the reproducible summary above.
+    # How the run was computed (timing differs run to run), apart from the reproducible summary above.
     write_json(TRAIN_RUN_INFO, {
         "device": device.type,
         "dtype": str(dtype).removeprefix("torch."),
+        "processes": args.world_size,
+        "global_batch_size": global_batch,
         "resumed_from_step": step_of(resume_from),
         "runtime_s": round(runtime, 1),
         "train_samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),

@@ -36,6 +36,9 @@ BAD_PARAMS = [
     pytest.param({"data": {"labels": []}}, "data.labels", id="no-labels"),
     pytest.param({"data": {"labels": ["joy", "fear", "joy"]}}, "data.labels", id="duplicate-labels"),
     pytest.param({"model": {"max_length": 0}}, "model.max_length", id="max-length-0"),
+    pytest.param({"compute": {"device": "gpu"}}, "compute.device", id="device-gpu"),
+    pytest.param({"compute": {"nproc_per_node": 0}}, "compute.nproc_per_node", id="nproc-0"),
+    pytest.param({"compute": {"rdzv_endpoint": "head-node"}}, "compute.rdzv_endpoint", id="endpoint-no-port"),
 ]
 
 

@@ -56,12 +56,12 @@ print(json.dumps([model.config.id2label[i] for i in logits.argmax(-1).tolist()])
 def adapter_labels(project: Path, texts: list[str]) -> list[str]:
     """Labels predicted by the un-merged PEFT model (base + adapter), in a separate process."""
     code = (
-        "import json, sys\n"
+        "import json, sys\nimport torch\n"
         "from emotion_pipeline.config import load_params\n"
         "from emotion_pipeline.modeling import load_adapter_model\n"
         "from emotion_pipeline.paths import ADAPTER_DIR\n"
         "from emotion_pipeline.predict import predict_proba\n"
-        "model, tokenizer = load_adapter_model(load_params().model, ADAPTER_DIR)\n"
+        "model, tokenizer = load_adapter_model(load_params().model, ADAPTER_DIR, torch.device(\"cpu\"))\n"
         "probs = predict_proba(model, tokenizer, json.loads(sys.stdin.read()))\n"
         "print(json.dumps([model.config.id2label[int(i)] for i in probs.argmax(1)]))\n"
     )

@@ -142,6 +142,35 @@ def test_plots_render_offline_and_compare_experiments(team):
     assert all(name in compared for name in names) and "cdn.jsdelivr" not in compared
 
 
+def test_a_sweep_spread_over_two_machines_is_collected_in_a_third(team):
+    """What each job of a Slurm array or a SkyPilot task does (profiles/cluster/): clone, pull the
+    inputs, run one sweep point, push it. Two clones stand for two machines; a third collects."""
+    root, origin = team["root"], str(team["origin"])
+    points = {"machine-1": "0.0003", "machine-2": "0.003"}
+    for name, lr in points.items():
+        machine = root / name
+        run(["git", "clone", "-q", "-b", "main", origin, str(machine)], root)
+        run(["dvc", "pull", "-q"], machine)  # inputs and the baseline's outputs: only what changes re-runs
+        ran = run(["dvc", "exp", "run", "-n", name, "-S", f"train.lr={lr}"], machine)
+        assert stages_run(ran.stdout) == {"train", "evaluate", "export"}
+        run(["dvc", "exp", "push", "origin", name], machine)
+
+    collector = root / "collector"
+    run(["git", "clone", "-q", "-b", "main", origin, str(collector)], root)
+    run(["dvc", "exp", "pull", "origin"], collector)
+    collected = experiments(collector)
+    for name, lr in points.items():
+        assert name in collected, sorted(collected)
+        row, on_machine = collected[name], experiments(root / name)[name]
+        assert row["train.lr"] == lr
+        assert row["metrics/test.json:macro_f1"] == on_machine["metrics/test.json:macro_f1"] != ""
+    # Its model comes with it: apply + checkout, nothing re-trains.
+    run(["dvc", "exp", "apply", "machine-2"], collector)
+    run(["dvc", "checkout"], collector)
+    assert stages_run(run(["dvc", "repro"], collector).stdout) == set()
+    assert export_files(collector) == export_files(root / "machine-2")
+
+
 def test_the_model_is_fetched_by_artifact_name_at_any_version(team, tmp_path):
     """`dvc artifacts get` from the origin and its DVC remote: no clone, no training. Versions are
     annotated git tags in the model-registry convention, <artifact>@v<semver>."""
