@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.paths import PARAMS_FILE
 
-
 # compute.device and the predict command's --device (emotion_pipeline.device.choose_device).
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 
@@ -100,6 +99,9 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss; 0: off.")
     early_stopping_patience: int = Field(
         0, ge=0, description="Stop after this many evaluations without a better validation macro-F1; 0: off.")
+    fit_class_bias: bool = Field(
+        False, description="After training, fit one logit bias per class on the validation split to maximise macro-F1; "
+        "stored with the model and applied by every predict path (emotion_pipeline.class_bias).")
 
 
 class ComputeConfig(Section):

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from emotion_pipeline.config import ComputeConfig
+from emotion_pipeline.errors import StageInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def torchrun_command(cfg: ComputeConfig, module: str, *module_args: str) -> list[str] | None:
-    """The torchrun command that runs ``python -m module`` on cfg's processes; None for a single process.
+def torchrun_args(cfg: ComputeConfig, module: str, *module_args: str) -> list[str] | None:
+    """torchrun's arguments to run ``python -m module`` on cfg's processes; None for a single process.
 
     One machine uses --standalone: torchrun picks a free port itself, so queued experiments
     running side by side never collide. Several machines meet at cfg.rdzv_endpoint (c10d
@@ -41,13 +42,37 @@ def torchrun_command(cfg: ComputeConfig, module: str, *module_args: str) -> list
     """
     if cfg.nproc_per_node * cfg.nnodes == 1:
         return None
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(cfg.nproc_per_node)]
+    args = ["--nproc-per-node", str(cfg.nproc_per_node)]
     if cfg.nnodes == 1:
-        command += ["--standalone"]
+        args += ["--standalone"]
     else:
-        command += ["--nnodes", str(cfg.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", cfg.rdzv_endpoint,
-                    "--rdzv-id", "emotion-train"]
-    return [*command, "-m", module, *module_args]
+        args += ["--nnodes", str(cfg.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", cfg.rdzv_endpoint,
+                 "--rdzv-id", "emotion-train"]
+    return [*args, "-m", module, *module_args]
+
+
+def run_torchrun(args: list[str]) -> None:
+    """Run torchrun with ``args`` in this process (it is torchrun's own entry point, `torch.distributed.run`).
+
+    In this process rather than exec'd, so that its ends read like every stage's: Ctrl-C or
+    SIGTERM (which torchrun passes on to its workers) is StageInterrupted, one line and exit
+    128 + signal, not torchrun's traceback; a failed worker, whose own error is printed above,
+    ends this process with the worker's exit status.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(args))
+    except SignalException as exc:
+        raise StageInterrupted(int(exc.sigval)) from None
+    except ChildFailedError as exc:
+        failed = sorted(exc.failures.items())
+        ranks = ", ".join(f"rank {rank} exit status {failure.exitcode}" for rank, failure in failed)
+        print(f"error: {len(failed)} training process(es) failed ({ranks}); their messages are above.", file=sys.stderr)
+        code = failed[0][1].exitcode
+        sys.exit(code if 0 < code < 128 else 1)
 
 
 def die_with_launcher() -> None:

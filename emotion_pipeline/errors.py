@@ -13,6 +13,14 @@ class UserError(Exception):
     """Bad params, data or model path: reported as one paragraph, never as a traceback."""
 
 
+class StageInterrupted(Exception):
+    """A signal that a library caught before us (torchrun does), reported like one we caught."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def run_stage(module: str) -> None:
     """Import a stage module and run its main(): a UserError exits 2 with its message; Ctrl-C or SIGTERM
     exits 128 + the signal number with one line.
@@ -44,6 +52,8 @@ def run_stage(module: str) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except StageInterrupted as exc:
+        _exit_interrupted(stage, exc.signum)
     except BaseException:
         # Libraries sometimes turn the KeyboardInterrupt into their own exception on the way up;
         # a signal received is what decides that this was an interruption, not a crash.
@@ -61,8 +71,10 @@ def _exit_interrupted(stage: str, signum: int) -> None:
     kept = ("nothing half-written was put in place; the outputs of the last complete run are in the DVC cache "
             "(`dvc checkout` restores them)" if "DVC_STAGE" in os.environ else "earlier outputs are intact "
             "(nothing half-written was put in place)")
-    print(f"interrupted ({signal.Signals(signum).name}): the {stage} stage stopped before finishing; {kept}. "
-          f"Run it again to finish.", file=sys.stderr)
+    # A process that torchrun started leaves the one line to the stage process that launched it.
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        print(f"interrupted ({signal.Signals(signum).name}): the {stage} stage stopped before finishing; {kept}. "
+              f"Run it again to finish.", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(128 + signum)

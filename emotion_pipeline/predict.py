@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from emotion_pipeline.class_bias import config_bias
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.sources import check_model_folder, resolve_source
@@ -46,6 +47,10 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
     empty = [i for i, text in enumerate(texts) if not text.strip()]
     if empty:
         raise ValueError(f"{len(empty)} empty text(s) (first at position {empty[0]}): nothing to classify")
+    # A per-class bias fitted on validation (train.fit_class_bias), when the model's head had no bias
+    # parameter to hold it (emotion_pipeline.class_bias).
+    bias = config_bias(model.config)
+    bias = None if bias is None else torch.as_tensor(bias, device=next(model.parameters()).device)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     device = next(model.parameters()).device
@@ -58,8 +63,10 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
     for start in starts:
         index = order[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, return_tensors="pt").to(device)
-        logits = model(**batch).logits
-        probs[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        logits = model(**batch).logits.float()
+        if bias is not None:
+            logits = logits + bias
+        probs[index] = torch.softmax(logits, dim=-1).cpu().numpy()
     return probs
 
 

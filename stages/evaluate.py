@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from emotion_pipeline.class_bias import apply_class_bias, read_class_bias
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.io import write_json, write_text
@@ -44,6 +45,9 @@ def main() -> None:
     log.info("predicting the test split on %s", device)
     # Merging LoRA into the base weights once makes every forward pass as cheap as the base model's.
     model = model.merge_and_unload()
+    bias = read_class_bias(ADAPTER_DIR)  # train.fit_class_bias: predicted with, as the export will
+    if bias is not None:
+        apply_class_bias(model, bias)
     probs = predict_proba(model, tokenizer, test["text"].tolist(), cfg.batch_size, params.model.max_length)
 
     y_true = test["label"].to_numpy()

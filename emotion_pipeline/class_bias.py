@@ -1,0 +1,93 @@
+"""A per-class logit bias fitted on validation to maximise macro-F1 (the train.fit_class_bias lever).
+
+Cross-entropy training makes the most accurate classifier, not the one with the best macro-F1:
+the rare classes (love, surprise) are predicted too seldom. Adding one constant per class to the
+logits moves the decision boundaries towards them without touching the model. The bias is fitted
+on the validation split after training (never on test), stored beside the adapter, and from
+there put into the model itself, so every way of predicting applies it:
+
+- a head with a bias parameter (BERT's classifier): the bias is added to it, so anything that
+  loads the export, `transformers.pipeline()` included, predicts with it;
+- a head without one (Qwen3's score layer): it is stored in config.json as ``class_logit_bias``,
+  applied by emotion_pipeline.predict (evaluate, export's check, the emotion-predict command).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BIAS_FILE = "class_bias.json"  # in the adapter folder, beside the weights it belongs to
+CONFIG_KEY = "class_logit_bias"  # in config.json, for heads without a bias parameter
+
+
+def fit_class_bias(logits: np.ndarray, labels: np.ndarray, steps: np.ndarray | None = None,
+                   rounds: int = 3) -> np.ndarray:
+    """One additive bias per class that maximises macro-F1 of argmax(logits + bias) on (logits, labels).
+
+    Coordinate ascent from zero: each class's bias in turn takes the value of ``steps`` (default
+    -3 to 3 by 0.05) with the best macro-F1, the others held; a few rounds. Ties keep the value
+    closest to zero, so a bias that does not help stays 0. Deterministic.
+    """
+    from sklearn.metrics import f1_score  # here, so that predicting does not import scikit-learn
+
+    steps = np.round(np.arange(-3.0, 3.0001, 0.05), 4) if steps is None else steps
+    steps = steps[np.argsort(np.abs(steps), kind="stable")]  # try small shifts first: ties keep them
+    num_labels = logits.shape[1]
+    class_ids = list(range(num_labels))
+
+    def macro_f1(bias: np.ndarray) -> float:
+        return f1_score(labels, (logits + bias).argmax(axis=1), labels=class_ids, average="macro", zero_division=0)
+
+    bias = np.zeros(num_labels)
+    best = macro_f1(bias)
+    for _ in range(rounds):
+        improved = False
+        for k in class_ids:
+            for value in steps:
+                trial = bias.copy()
+                trial[k] = value
+                score = macro_f1(trial)
+                if score > best + 1e-12:
+                    best, bias, improved = score, trial, True
+        if not improved:
+            break
+    return bias - bias.mean()  # only differences between classes matter
+
+
+def write_class_bias(folder: Path, bias: np.ndarray, labels: list[str]) -> None:
+    record = {"labels": labels, "bias": [round(float(value), 6) for value in bias]}
+    (folder / BIAS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_class_bias(folder: Path) -> np.ndarray | None:
+    """The bias stored with an adapter, or None when the lever was off."""
+    path = folder / BIAS_FILE
+    if not path.is_file():
+        return None
+    return np.asarray(json.loads(path.read_text())["bias"], dtype=np.float32)
+
+
+def apply_class_bias(model, bias: np.ndarray) -> None:
+    """Put ``bias`` into a (merged) classifier: into its head's bias parameter if it has one, else into its config."""
+    head = getattr(model, "classifier", None) or getattr(model, "score", None)
+    if isinstance(head, torch.nn.Linear) and head.bias is not None:
+        with torch.no_grad():
+            head.bias += torch.as_tensor(bias, dtype=head.bias.dtype, device=head.bias.device)
+    else:
+        setattr(model.config, CONFIG_KEY, [round(float(value), 6) for value in bias])
+
+
+def config_bias(config) -> np.ndarray | None:
+    """The bias a model's config carries (heads without a bias parameter), or None."""
+    bias = getattr(config, CONFIG_KEY, None)
+    return None if bias is None else np.asarray(bias, dtype=np.float32)
+
+
+def shift_probs(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """softmax(logits + bias) from softmax(logits): each row times exp(bias), renormalised."""
+    shifted = probs * np.exp(bias)[None, :]
+    return shifted / shifted.sum(axis=1, keepdims=True)
