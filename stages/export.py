@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from emotion_pipeline.class_bias import apply_class_bias, read_class_bias, shift_probs
+from emotion_pipeline.class_bias import apply_class_bias, config_bias, read_class_bias, shift_probs
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.io import atomic_dir, write_json
@@ -63,7 +63,7 @@ def main() -> None:
         exported, exported_tokenizer = load_exported(str(staging), device=str(device))
         export_probs = predict_proba(exported, exported_tokenizer, sample, max_length=params.model.max_length)
         check = _compare(adapter_probs, export_probs, cfg.max_prob_diff)
-        model_card(params, labels).save(staging / "README.md")
+        model_card(params, labels, config_bias(merged.config)).save(staging / "README.md")
     write_json(EXPORT_CHECK, check)
     log.info("exported to %s; %d sample predictions match the adapter (max prob diff %.2e)",
              EXPORT_DIR, check["samples"], check["max_prob_diff"])
@@ -90,7 +90,7 @@ def hub_id_of(name: str) -> str | None:
     return origin if origin and not isinstance(resolve_source(origin, "model.name", "a hub id"), Path) else None
 
 
-def model_card(params, labels: list[str]) -> ModelCard:
+def model_card(params, labels: list[str], logit_bias: np.ndarray | None = None) -> ModelCard:
     """The export's README.md: HF card metadata (base model, dataset, pipeline tag, a model-index with the
     real test metrics) and a body with per-class scores, usage and the training params.
 
@@ -122,6 +122,10 @@ def model_card(params, labels: list[str]) -> ModelCard:
     )
     base_line = (f"`{base_model}`" if base_model else "a local model folder (set export.base_model_id to name it)") + \
         f", revision `{params.model.revision or 'default branch'}`"
+    bias_note = "" if logit_bias is None else (
+        f"\nThis model carries a per-class logit bias fitted on the validation split (config.json "
+        f"`class_logit_bias`: {', '.join(f'{n} {b:+.3f}' for n, b in zip(labels, logit_bias))}). "
+        f"`emotion-predict` and `emotion_pipeline.predict` add it to the logits; a plain `pipeline()` does not.\n")
     body = f"""
 # Emotion classifier: {base_model or "local base model"} + LoRA (merged)
 
@@ -154,7 +158,7 @@ print(classify(["i feel so happy today", "this noise scares me"]))
 ```
 
 Or from the shell: `emotion-predict {EXPORT_DIR} "i feel so happy today"` (JSON Lines out).
-
+{bias_note}
 ## Training parameters (params.yaml sections model, lora, train)
 
 ```json

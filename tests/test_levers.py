@@ -181,3 +181,8 @@ def test_the_bias_lever_on_the_tiny_pipeline(stage_folder):
     run_stage("stages.export")
     config = json.loads((stage_folder / "models/export/config.json").read_text())
     assert config[CONFIG_KEY] == stored["bias"]
+    # The card tells users that a plain pipeline() does not apply it, and still round-trips.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(stage_folder / "models/export/README.md")
+    assert CONFIG_KEY in card.text and "a plain `pipeline()` does not" in card.text
