@@ -3,9 +3,10 @@
     python benchmarks/class_bias.py --project /path/to/finished/project
 
 Loads the project's adapter as evaluate does, predicts the validation and test splits, fits the
-per-class bias on validation only (emotion_pipeline.class_bias, the same function the train
-stage uses), and prints validation and test accuracy / macro-F1 without and with it. The bias is
-chosen before the test column is computed; the test split plays no part in fitting it.
+per-class bias on validation only (emotion_pipeline.class_bias, the same functions the train
+stage uses), says whether the train stage would keep it (it must help on held-out halves of
+validation), and prints validation and test accuracy / macro-F1 without and with it. The test
+split plays no part in fitting or keeping it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> None:
     import torch
     from sklearn.metrics import accuracy_score, f1_score
 
-    from emotion_pipeline.class_bias import fit_class_bias
+    from emotion_pipeline.class_bias import cross_checked_class_bias, fit_class_bias
     from emotion_pipeline.config import load_params
     from emotion_pipeline.modeling import load_adapter_model
     from emotion_pipeline.paths import ADAPTER_DIR, PREPARED_DIR
@@ -42,7 +43,11 @@ def main() -> None:
                                                  params.model.max_length), 1e-30, None))
               for name in ("validation", "test")}
     truth = {name: splits[name]["label"].to_numpy() for name in scores}
-    bias = fit_class_bias(scores["validation"], truth["validation"])
+    kept, check = cross_checked_class_bias(scores["validation"], truth["validation"])
+    bias = fit_class_bias(scores["validation"], truth["validation"])  # shown below whether kept or not
+    print(f"held-out halves of validation: macro-F1 {check['held_out_macro_f1_without']:.4f} without, "
+          f"{check['held_out_macro_f1_with']:.4f} with a bias fitted on the other half: "
+          f"{'kept' if kept is not None else 'NOT kept (train.fit_class_bias would leave the model as trained)'}")
 
     print(f"bias fitted on validation: {', '.join(f'{n} {b:+.3f}' for n, b in zip(labels, bias))}\n")
     print("| split | accuracy | macro-F1 | accuracy with bias | macro-F1 with bias |")

@@ -28,7 +28,7 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 from transformers.trainer_utils import enable_full_determinism
 
 from emotion_pipeline.checkpoints import finish, resumable_checkpoint, run_fingerprint, step_of
-from emotion_pipeline.class_bias import fit_class_bias, write_class_bias
+from emotion_pipeline.class_bias import cross_checked_class_bias, write_class_bias
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import best_dtype, choose_device
 from emotion_pipeline.distributed import (
@@ -164,10 +164,10 @@ def main() -> None:
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     runtime = time.perf_counter() - started
     # The fitted-bias lever: validation logits of the kept epoch (every rank takes part in predicting).
-    class_bias = None
+    class_bias = bias_check = None
     if train_cfg.fit_class_bias:
         validation = trainer.predict(validation_set)
-        class_bias = fit_class_bias(np.asarray(validation.predictions), validation.label_ids)
+        class_bias, bias_check = cross_checked_class_bias(np.asarray(validation.predictions), validation.label_ids)
     if not writer:
         return
 
@@ -192,6 +192,11 @@ def main() -> None:
         "trainable_params": trainable,
         "total_params": total,
     }
+    if bias_check is not None:
+        summary["class_bias_check"] = bias_check
+        log.info("class bias %s: on held-out halves of validation it moves macro-F1 %.4f -> %.4f",
+                 "kept" if bias_check["kept"] else "not kept", bias_check["held_out_macro_f1_without"],
+                 bias_check["held_out_macro_f1_with"])
     if class_bias is not None:
         biased = validation_metrics(SimpleNamespace(predictions=validation.predictions + class_bias,
                                                     label_ids=validation.label_ids), labels)
