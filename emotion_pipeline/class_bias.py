@@ -24,6 +24,14 @@ BIAS_FILE = "class_bias.json"  # in the adapter folder, beside the weights it be
 CONFIG_KEY = "class_logit_bias"  # in config.json, for heads without a bias parameter
 
 
+def biased_macro_f1(logits: np.ndarray, labels: np.ndarray, bias: np.ndarray | float) -> float:
+    """Macro-F1 over every class of argmax(logits + bias)."""
+    from sklearn.metrics import f1_score  # here, so that predicting does not import scikit-learn
+
+    return f1_score(labels, (logits + bias).argmax(axis=1), labels=list(range(logits.shape[1])), average="macro",
+                    zero_division=0)
+
+
 def fit_class_bias(logits: np.ndarray, labels: np.ndarray, steps: np.ndarray | None = None,
                    rounds: int = 3) -> np.ndarray:
     """One additive bias per class that maximises macro-F1 of argmax(logits + bias) on (logits, labels).
@@ -32,25 +40,17 @@ def fit_class_bias(logits: np.ndarray, labels: np.ndarray, steps: np.ndarray | N
     -3 to 3 by 0.05) with the best macro-F1, the others held; a few rounds. Ties keep the value
     closest to zero, so a bias that does not help stays 0. Deterministic.
     """
-    from sklearn.metrics import f1_score  # here, so that predicting does not import scikit-learn
-
     steps = np.round(np.arange(-3.0, 3.0001, 0.05), 4) if steps is None else steps
     steps = steps[np.argsort(np.abs(steps), kind="stable")]  # try small shifts first: ties keep them
-    num_labels = logits.shape[1]
-    class_ids = list(range(num_labels))
-
-    def macro_f1(bias: np.ndarray) -> float:
-        return f1_score(labels, (logits + bias).argmax(axis=1), labels=class_ids, average="macro", zero_division=0)
-
-    bias = np.zeros(num_labels)
-    best = macro_f1(bias)
+    bias = np.zeros(logits.shape[1])
+    best = biased_macro_f1(logits, labels, bias)
     for _ in range(rounds):
         improved = False
-        for k in class_ids:
+        for k in range(len(bias)):
             for value in steps:
                 trial = bias.copy()
                 trial[k] = value
-                score = macro_f1(trial)
+                score = biased_macro_f1(logits, labels, trial)
                 if score > best + 1e-12:
                     best, bias, improved = score, trial, True
         if not improved:
@@ -66,17 +66,13 @@ def cross_checked_class_bias(logits: np.ndarray, labels: np.ndarray) -> tuple[np
     fitted on everything is kept (returned) only if those held-out scores improve on average.
     Otherwise None: the model is left as trained. The second value records the check.
     """
-    from sklearn.metrics import f1_score
-
-    class_ids = list(range(logits.shape[1]))
     rows = np.arange(len(labels))
     halves = [rows % 2 == 0, rows % 2 == 1]
     without, with_bias = [], []
     for fit_on, held_out in (halves, halves[::-1]):
         bias = fit_class_bias(logits[fit_on], labels[fit_on])
-        for scores, shift in ((without, 0.0), (with_bias, bias)):
-            predicted = (logits[held_out] + shift).argmax(axis=1)
-            scores.append(f1_score(labels[held_out], predicted, labels=class_ids, average="macro", zero_division=0))
+        without.append(biased_macro_f1(logits[held_out], labels[held_out], 0.0))
+        with_bias.append(biased_macro_f1(logits[held_out], labels[held_out], bias))
     check = {"held_out_macro_f1_without": round(float(np.mean(without)), 6),
              "held_out_macro_f1_with": round(float(np.mean(with_bias)), 6)}
     check["kept"] = check["held_out_macro_f1_with"] > check["held_out_macro_f1_without"]

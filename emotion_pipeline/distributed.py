@@ -28,11 +28,6 @@ from emotion_pipeline.errors import StageInterrupted
 log = logging.getLogger(__name__)
 
 
-def under_torchrun() -> bool:
-    """True in a process that torchrun started (it sets TORCHELASTIC_RUN_ID for its workers)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ
-
-
 def torchrun_args(cfg: ComputeConfig, module: str, *module_args: str) -> list[str] | None:
     """torchrun's arguments to run ``python -m module`` on cfg's processes; None for a single process.
 

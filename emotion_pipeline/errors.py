@@ -21,6 +21,11 @@ class StageInterrupted(Exception):
         self.signum = signum
 
 
+def under_torchrun() -> bool:
+    """True in a process that torchrun started (it sets TORCHELASTIC_RUN_ID for its workers)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def run_stage(module: str) -> None:
     """Import a stage module and run its main(): a UserError exits 2 with its message; Ctrl-C or SIGTERM
     exits 128 + the signal number with one line.
@@ -72,7 +77,7 @@ def _exit_interrupted(stage: str, signum: int) -> None:
             "(`dvc checkout` restores them)" if "DVC_STAGE" in os.environ else "earlier outputs are intact "
             "(nothing half-written was put in place)")
     # A process that torchrun started leaves the one line to the stage process that launched it.
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
+    if not under_torchrun():
         print(f"interrupted ({signal.Signals(signum).name}): the {stage} stage stopped before finishing; {kept}. "
               f"Run it again to finish.", file=sys.stderr)
     sys.stdout.flush()

@@ -49,11 +49,11 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
         raise ValueError(f"{len(empty)} empty text(s) (first at position {empty[0]}): nothing to classify")
     # A per-class bias fitted on validation (train.fit_class_bias), when the model's head had no bias
     # parameter to hold it (emotion_pipeline.class_bias).
+    device = next(model.parameters()).device
     bias = config_bias(model.config)
-    bias = None if bias is None else torch.as_tensor(bias, device=next(model.parameters()).device)
+    bias = None if bias is None else torch.as_tensor(bias, device=device)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
-    device = next(model.parameters()).device
     probs = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
     starts = range(0, len(order), batch_size)
     if progress:

@@ -37,9 +37,8 @@ from emotion_pipeline.distributed import (
     die_with_launcher,
     run_torchrun,
     torchrun_args,
-    under_torchrun,
 )
-from emotion_pipeline.errors import UserError
+from emotion_pipeline.errors import UserError, under_torchrun
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer, resolve_model
 from emotion_pipeline.paths import (
