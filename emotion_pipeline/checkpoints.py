@@ -15,11 +15,18 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch.distributed as dist
+from transformers import TrainerCallback
+
 from emotion_pipeline.io import write_json
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
+# Written into a checkpoint once every process has saved its part of it. Trainer's own last file
+# (trainer_state.json) is not enough: with several processes each one writes its own RNG state,
+# possibly after rank 0 has written trainer_state.json, so a kill could leave it truncated.
+COMPLETE_FILE = "checkpoint_complete.json"
 
 
 def run_fingerprint(train_params: dict, prepared_dir: Path) -> str:
@@ -37,8 +44,8 @@ def resumable_checkpoint(checkpoint_dir: Path, fingerprint: str) -> Path | None:
     When there is none to resume, the folder is emptied and stamped with the new fingerprint,
     so the checkpoints this run writes are recognised if it is interrupted in turn.
     """
-    # Trainer writes trainer_state.json last: a checkpoint without it was cut off mid-save.
-    checkpoints = sorted((path.parent for path in checkpoint_dir.glob("checkpoint-*/trainer_state.json")), key=step_of)
+    # A checkpoint without the marker was cut off mid-save (by any of the processes).
+    checkpoints = sorted((path.parent for path in checkpoint_dir.glob(f"checkpoint-*/{COMPLETE_FILE}")), key=step_of)
     stamp = checkpoint_dir / FINGERPRINT_FILE
     saved = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
     if checkpoints and saved == fingerprint:
@@ -58,6 +65,17 @@ def finish(checkpoint_dir: Path, fingerprint: str) -> None:
     for checkpoint in checkpoint_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
     write_json(checkpoint_dir / FINGERPRINT_FILE, {"fingerprint": fingerprint, "finished": True})
+
+
+class MarkCheckpointComplete(TrainerCallback):
+    """After each checkpoint save: wait for every process to finish its part, then rank 0 marks it complete."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_json(checkpoint / COMPLETE_FILE, {"step": state.global_step, "processes": args.world_size})
 
 
 def step_of(checkpoint: Path | None) -> int:

@@ -27,7 +27,13 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import enable_full_determinism
 
-from emotion_pipeline.checkpoints import finish, resumable_checkpoint, run_fingerprint, step_of
+from emotion_pipeline.checkpoints import (
+    MarkCheckpointComplete,
+    finish,
+    resumable_checkpoint,
+    run_fingerprint,
+    step_of,
+)
 from emotion_pipeline.class_bias import cross_checked_class_bias, write_class_bias
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import best_dtype, choose_device
@@ -154,7 +160,7 @@ def main() -> None:
         compute_metrics=lambda prediction: validation_metrics(prediction, labels),
         # None when every lever is off: the model's own loss, exactly as the seed recipe trains.
         compute_loss_func=rare_class_loss(train_cfg, splits["train"]["label"].to_numpy(), len(labels)),
-        callbacks=[LogAtEpochEnd(), LogWeightsChecksum()]
+        callbacks=[LogAtEpochEnd(), LogWeightsChecksum(), MarkCheckpointComplete()]
         + ([LiveLogger(live)] if writer else [])
         + ([EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []),
     )

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from emotion_pipeline.checkpoints import finish, resumable_checkpoint, run_fingerprint, step_of
+from emotion_pipeline.checkpoints import COMPLETE_FILE, finish, resumable_checkpoint, run_fingerprint, step_of
 
 
 def leave_checkpoint(folder: Path, step: int, complete: bool = True) -> Path:
-    """A checkpoint as Trainer leaves it; trainer_state.json is the last file it writes."""
+    """A checkpoint as training leaves it; the completion marker is written once every process has saved."""
     checkpoint = folder / f"checkpoint-{step}"
     checkpoint.mkdir(parents=True)
     (checkpoint / "adapter_model.safetensors").write_bytes(b"weights")
     if complete:
         (checkpoint / "trainer_state.json").write_text("{}")
+        (checkpoint / COMPLETE_FILE).write_text("{}")
     return checkpoint
 
 
@@ -30,6 +31,8 @@ def test_the_latest_complete_checkpoint_of_the_same_run_is_resumed(tmp_path):
     leave_checkpoint(folder, 38)
     latest = leave_checkpoint(folder, 76)
     leave_checkpoint(folder, 114, complete=False)  # cut off mid-save by the crash
+    # Rank 0's files all there, another process's RNG state cut off: not complete either.
+    (leave_checkpoint(folder, 152, complete=False) / "trainer_state.json").write_text("{}")
     stamp(folder, "abc")
     assert resumable_checkpoint(folder, "abc") == latest
     assert step_of(latest) == 76

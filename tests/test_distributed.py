@@ -25,6 +25,8 @@ import pytest
 from conftest import copy_project, run, set_params, stages_run, subprocess_env, tiny_params
 from safetensors.numpy import load_file
 
+from emotion_pipeline.checkpoints import COMPLETE_FILE
+
 SAME_BATCHES = {"train": {"group_by_length": False, "epochs": 3}, "lora": {"dropout": 0.0}}
 TWO_PROCESSES = {"compute": {"nproc_per_node": 2}, "train": {"batch_size": 4}}
 TWO_NODES = {"compute": {"nnodes": 2}, "train": {"batch_size": 4}}
@@ -150,7 +152,7 @@ def test_killed_two_process_training_resumes_on_two_processes(two_processes, tmp
     process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=subprocess_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
-    while not list((project / "models/checkpoints").glob("checkpoint-*/trainer_state.json")):
+    while not list((project / "models/checkpoints").glob(f"checkpoint-*/{COMPLETE_FILE}")):
         assert process.poll() is None, "training ended before writing a checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
         time.sleep(0.005)

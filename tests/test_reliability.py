@@ -22,6 +22,8 @@ import pytest
 import yaml
 from conftest import copy_project, run, subprocess_env, tiny_params
 
+from emotion_pipeline.checkpoints import COMPLETE_FILE
+
 # Run facts that vary by nature; no stage depends on this file.
 VARIES_BY_DESIGN = {"metrics/train_run.json"}
 
@@ -76,8 +78,8 @@ def test_two_runs_from_scratch_are_byte_identical(reference_run: Path, tmp_path:
 
 
 def complete_checkpoints(project: Path) -> list[Path]:
-    """Checkpoints whose trainer_state.json (the last file Trainer writes) is in place."""
-    return [path.parent for path in (project / "models/checkpoints").glob("checkpoint-*/trainer_state.json")]
+    """Checkpoints marked complete (every process has saved its part)."""
+    return [path.parent for path in (project / "models/checkpoints").glob(f"checkpoint-*/{COMPLETE_FILE}")]
 
 
 def test_killed_training_resumes_and_matches_uninterrupted_run(reference_run: Path, tmp_path: Path,
