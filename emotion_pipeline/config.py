@@ -141,6 +141,16 @@ class ExportConfig(Section):
         None, description="Hub id named as dataset on the model card; None: data.source when it is a hub id.")
 
 
+class QuantizeConfig(Section):
+    """The int8 CPU model (models/int8) built from the export, for serving without a GPU."""
+
+    enabled: bool = Field(True, description="Build the int8 model; false: the stage writes only a note saying it is off.")
+    max_f1_drop: float = Field(
+        0.005, ge=0, description="Largest allowed test macro-F1 drop below the fp32 model; above it the stage fails "
+        "and the previous models/int8 stays.")
+    batch_size: int = Field(64, gt=0, description="Test sentences per forward pass when scoring the int8 model.")
+
+
 class BaselineConfig(Section):
     """A search space, not one setting: the baseline is chosen on the validation split, never on test."""
 
@@ -165,6 +175,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     metrics: MetricsConfig = MetricsConfig()
     export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
     baseline: BaselineConfig = BaselineConfig()
 
 

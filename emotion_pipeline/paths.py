@@ -34,6 +34,11 @@ QUALITY_REPORT = Path("metrics/quality_report.md")
 EXPORT_DIR = Path("models/export")  # merged model, loads with transformers alone
 EXPORT_CHECK = Path("metrics/export.json")  # the export-vs-adapter agreement check
 
+# quantize
+INT8_DIR = Path("models/int8")  # int8 ONNX model + config + tokenizer, runs with onnxruntime alone
+INT8_METRICS = Path("metrics/int8.json")  # headline: test accuracy and macro-F1, beside test.json's fp32 ones
+INT8_DETAILS = Path("metrics/int8_details.json")  # also the fp32 scores, the drop, label agreement, size, fusions
+
 # baseline
 BASELINE_METRICS = Path("metrics/baseline.json")  # same headline keys as TEST_METRICS
 BASELINE_DETAILS = Path("metrics/baseline_details.json")  # same keys as TEST_DETAILS

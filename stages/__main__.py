@@ -8,7 +8,7 @@ import sys
 
 from emotion_pipeline.errors import run_stage
 
-STAGES = ("prepare", "train", "evaluate", "export", "baseline")
+STAGES = ("prepare", "train", "evaluate", "export", "quantize", "baseline")
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in STAGES:

@@ -53,6 +53,15 @@ print(json.dumps([model.config.id2label[i] for i in logits.argmax(-1).tolist()])
 """
 
 
+INT8_CHECK = """
+import json, sys
+from emotion_pipeline.predict import OnnxClassifier, load_classifier, load_exported
+assert isinstance(load_exported("models/int8")[0], OnnxClassifier)
+classify = load_classifier("models/int8")
+print(json.dumps([result["label"] for result in classify(json.loads(sys.stdin.read()))]))
+"""
+
+
 def adapter_labels(project: Path, texts: list[str]) -> list[str]:
     """Labels predicted by the un-merged PEFT model (base + adapter), in a separate process."""
     code = (
@@ -77,7 +86,7 @@ def run_with_input(args: list[str], cwd: Path, stdin: str) -> str:
 def test_pipeline_end_to_end(project: Path) -> None:
     # 1. The whole DAG runs and writes every declared output.
     first = run(["dvc", "repro"], project)
-    assert stages_run(first.stdout) == {"prepare", "train", "evaluate", "export", "baseline"}
+    assert stages_run(first.stdout) == {"prepare", "train", "evaluate", "export", "quantize", "baseline"}
     for output in declared_outputs(project):
         assert output.exists(), f"declared output missing: {output}"
 
@@ -132,6 +141,20 @@ def test_pipeline_end_to_end(project: Path) -> None:
     exported = json.loads(run_with_input([sys.executable, "-c", EXPORT_CHECK], project, json.dumps(texts)).splitlines()[-1])
     assert exported == adapter_labels(project, texts)
 
+    # 3b. The int8 model: scored on the test split beside fp32, loadable by the predict CLI and
+    # load_classifier with onnxruntime (no torch model involved), labels as the export's.
+    int8 = json.loads((project / "metrics/int8_details.json").read_text())
+    assert json.loads((project / "metrics/int8.json").read_text()) == {key: int8[key] for key in ("accuracy", "macro_f1")}
+    assert int8["fp32_macro_f1"] == test_metrics["macro_f1"] and int8["fusions"]
+    assert int8["macro_f1_drop"] == round(test_metrics["macro_f1"] - int8["macro_f1"], 6) <= 0.005
+    assert 0.9 <= int8["agreement_with_fp32"] <= 1.0 and 0 < int8["size_mb"]
+    assert (project / "models/int8/model.onnx").is_file() and "int8" in (project / "models/int8/README.md").read_text()
+    int8_labels = json.loads(run_with_input([sys.executable, "-c", INT8_CHECK], project, json.dumps(texts)).splitlines()[-1])
+    assert sum(a == b for a, b in zip(int8_labels, exported)) >= 0.9 * len(texts)
+    cli = run_with_input([sys.executable, "-m", "emotion_pipeline.predict", "models/int8", "--top-k", "2"], project,
+                         "i feel so happy today\n")
+    assert json.loads(cli)["top_k"][0]["label"] in LABELS
+
     # 4. Nothing changed: a second repro runs no stage.
     second = run(["dvc", "repro"], project)
     assert stages_run(second.stdout) == set(), second.stdout
@@ -147,10 +170,11 @@ def test_pipeline_end_to_end(project: Path) -> None:
 
     # 5. A train param re-runs train, evaluate and export; prepare and baseline stay cached.
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=0.001"], project)
-    assert stages_run(experiment.stdout) == {"train", "evaluate", "export"}, experiment.stdout
+    assert stages_run(experiment.stdout) == {"train", "evaluate", "export", "quantize"}, experiment.stdout
 
     shown = run(["dvc", "metrics", "show"], project).stdout
     assert "metrics/test.json" in shown and "macro_f1" in shown and "metrics/baseline.json" in shown
+    assert "metrics/int8.json" in shown
     assert "per_class" not in shown
     widest = max(len(line) for line in shown.splitlines())
     assert widest <= 120, f"dvc metrics show is {widest} columns wide:\n{shown}"
@@ -161,7 +185,7 @@ def test_pipeline_end_to_end(project: Path) -> None:
 
     # 6. An evaluate-only key re-runs nothing upstream of evaluate.
     evaluate_only = run(["dvc", "exp", "run", "-S", "evaluate.batch_size=7"], project)
-    assert "evaluate" in stages_run(evaluate_only.stdout) <= {"evaluate", "export"}, evaluate_only.stdout
+    assert "evaluate" in stages_run(evaluate_only.stdout) <= {"evaluate", "export", "quantize"}, evaluate_only.stdout
 
     # 7. Plots render: training curves and the confusion matrix.
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]

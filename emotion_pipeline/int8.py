@@ -1,0 +1,150 @@
+"""The int8 CPU model: the exported classifier as ONNX, fused by ONNX Runtime's transformer optimizer,
+its weights quantised to int8 per channel.
+
+Why these three steps, measured on the offline-profile MiniLM (benchmarks/README.md):
+- ``torch.onnx.export`` with ``dynamo=True``: the TorchScript exporter traces transformers 5's
+  attention-mask code wrongly (logits off by up to 2 on padded batches); the dynamo exporter
+  matches torch to ~3e-6. (optimum-onnx, the usual route, requires transformers < 4.58.)
+- onnxscript's ONNX Runtime fusions (``fuse``): one op per attention block, GELU, RMSNorm, rotary
+  embeddings, so fewer, larger kernels run per layer.
+- ``quantize_dynamic`` with per-channel int8 weights: activations are quantised per batch at run
+  time, so no calibration data is needed; per-channel scales keep macro-F1 within the gate where
+  per-tensor ones (and torch's own dynamic quantisation) lose ~0.01.
+
+The result runs with onnxruntime alone (``emotion_pipeline.predict.OnnxClassifier``); config.json and the tokenizer are
+copied beside it, so labels and a stored class bias travel with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from emotion_pipeline.predict import ONNX_FILE
+
+log = logging.getLogger(__name__)
+
+# Protobuf cannot hold a file over 2 GiB: larger models keep their weights in a side file.
+PROTOBUF_LIMIT = 2**31 - 2**26
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The classifier with the two inputs every tokenizer gives and one output, for a plain ONNX signature."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def export_onnx(model_dir: Path, onnx_path: Path) -> None:
+    """The fp32 ONNX graph of a saved classifier, with batch and sequence length left dynamic."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # Two texts of different lengths: the traced graph must handle padding.
+    example = tokenizer(["an example sentence to trace the graph with", "short"], padding=True, return_tensors="pt")
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    torch.onnx.export(
+        _LogitsOnly(model).eval(), (example["input_ids"], example["attention_mask"]), str(onnx_path), dynamo=True,
+        input_names=["input_ids", "attention_mask"], output_names=["logits"],
+        dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+        external_data=True, verbose=False,
+    )
+
+
+def fuse(onnx_path: Path, fused_path: Path) -> dict[str, int]:
+    """Transformer fusions for ONNX Runtime; returns how many of each were made.
+
+    onnxscript's ORT fusions (written for dynamo-exported graphs; onnxruntime's older optimizer finds
+    no attention in them) turn each attention block into one Attention / MultiHeadAttention op and
+    GELU, RMSNorm and rotary embeddings into single kernels. Two corrections, both measured here:
+    - SkipLayerNormalization (residual add + LayerNorm in one op) runs ~3.5x slower on this CPU
+      than a plain Add + LayerNormalization, so it is split back (and OnnxClassifier keeps ONNX
+      Runtime from fusing it again at load time);
+    - an Attention op with equal q/k/v sizes carries them in an attribute that makes the int8
+      quantiser skip it; without the attribute its Q/K/V projection is quantised too (QAttention).
+    """
+    import onnx_ir as ir
+    from onnxscript.optimizer import optimize
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model = ir.load(onnx_path)
+    model, counts = optimize_for_ort(model)
+    # Fold constants of any size: the fused Attention's packed Q/K/V weight must be one initializer.
+    optimize(model, input_size_limit=2**40, output_size_limit=2**40)
+    for node in list(model.graph):
+        if node.domain == "com.microsoft" and node.op_type == "SkipLayerNormalization":
+            _split_skip_layer_norm(model.graph, node)
+        elif node.op_type == "Attention" and len(set(node.attributes.get_ints("qkv_hidden_sizes", [0]))) == 1:
+            node.attributes.pop("qkv_hidden_sizes", None)
+    ir.save(model, fused_path, external_data=fused_path.name + ".data")
+    return {name: count for name, count in counts.items() if count}
+
+
+def _split_skip_layer_norm(graph, node) -> None:
+    """SkipLayerNormalization(x, skip, gamma, beta[, bias]) -> Add(x, skip[, bias]) + LayerNormalization."""
+    import onnx_ir as ir
+
+    x, skip, gamma, beta, *rest = list(node.inputs) + [None] * (5 - len(node.inputs))
+    outputs = list(node.outputs) + [None] * (4 - len(node.outputs))
+    if any(value is not None and value.uses() for value in outputs[1:3]):
+        return  # mean / inverse std-dev are used downstream: leave the fused op
+    total = ir.node("Add", [x, skip])
+    new_nodes = [total]
+    if rest[0] is not None:
+        total = ir.node("Add", [total.outputs[0], rest[0]])
+        new_nodes.append(total)
+    norm = ir.node("LayerNormalization", [total.outputs[0], gamma, beta],
+                   {"axis": -1, "epsilon": node.attributes.get_float("epsilon", 1e-12)})
+    new_nodes.append(norm)
+    graph.insert_before(node, new_nodes)
+    ir.convenience.replace_all_uses_with(outputs[0], norm.outputs[0])
+    if outputs[3] is not None:
+        ir.convenience.replace_all_uses_with(outputs[3], total.outputs[0])
+    graph.remove(node, safe=True)
+
+
+def quantize(fused_path: Path, int8_path: Path) -> None:
+    """int8 weights, one scale per output channel; activations quantised on the fly (no calibration set)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    weights = sum(path.stat().st_size for path in fused_path.parent.iterdir())
+    quantize_dynamic(str(fused_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
+                     use_external_data_format=weights // 4 > PROTOBUF_LIMIT)
+
+
+@contextmanager
+def _library_chatter_muted() -> Iterator[None]:
+    """The exporter, onnxscript's rewriter and the quantiser log hundreds of INFO/WARNING lines per model
+    (every rewrite rule, every skipped tensor, missing torchvision ops). The result is checked on the
+    test split afterwards, which says more than those lines."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def build_int8(export_dir: Path, out_dir: Path) -> dict[str, int]:
+    """export_dir (a saved fp32 classifier) -> out_dir/model.onnx (int8) + config.json + tokenizer files."""
+    with tempfile.TemporaryDirectory(prefix="onnx-", dir=out_dir) as scratch, _library_chatter_muted():
+        scratch = Path(scratch)
+        (scratch / "fp32").mkdir()
+        (scratch / "fused").mkdir()
+        export_onnx(export_dir, scratch / "fp32" / ONNX_FILE)
+        fusions = fuse(scratch / "fp32" / ONNX_FILE, scratch / "fused" / ONNX_FILE)
+        quantize(scratch / "fused" / ONNX_FILE, out_dir / ONNX_FILE)
+    AutoConfig.from_pretrained(export_dir).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(export_dir).save_pretrained(out_dir)
+    return fusions

