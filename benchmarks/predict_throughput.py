@@ -97,7 +97,16 @@ def variant(name: str, base: str, adapter: Path | None, export: Path, texts: lis
         loaded = time.perf_counter()
         labels = [model.config.id2label[int(i)] for i in predict_proba(model, tokenizer, texts, 64).argmax(1)]
     done = time.perf_counter()
-    return loaded - start, done - loaded, labels, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return loaded - start, done - loaded, labels, peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. (ru_maxrss would do, but Linux carries it over from the
+    parent across exec, so a large parent would mask every variant's own peak.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def useful_flops(export: Path, texts: list[str]) -> float:
