@@ -84,9 +84,14 @@ class OnnxClassifier:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: one per physical core
-        # Residual add + LayerNorm fused into one op runs ~3.5x slower than the two on CPU (emotion_pipeline.int8.fuse).
-        self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=["SkipLayerNormFusion"])
+        try:
+            # Residual add + LayerNorm fused into one op runs ~3.5x slower than the two on CPU (emotion_pipeline.int8.fuse).
+            self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=["SkipLayerNormFusion"])
+        except Exception as exc:  # onnxruntime's load errors share no base class beyond Exception
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"model folder: could not load the ONNX model {folder / ONNX_FILE} ({first_line}). Give the "
+                            f"folder written by the quantize stage, e.g. models/int8, complete.") from None
         self.config = AutoConfig.from_pretrained(folder)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **unused) -> SimpleNamespace:

@@ -39,6 +39,7 @@ BAD_PARAMS = [
     pytest.param({"compute": {"device": "gpu"}}, "compute.device", id="device-gpu"),
     pytest.param({"compute": {"nproc_per_node": 0}}, "compute.nproc_per_node", id="nproc-0"),
     pytest.param({"compute": {"rdzv_endpoint": "head-node"}}, "compute.rdzv_endpoint", id="endpoint-no-port"),
+    pytest.param({"quantize": {"max_f1_drop": -0.01}}, "quantize.max_f1_drop", id="negative-f1-drop"),
 ]
 
 

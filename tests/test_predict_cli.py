@@ -101,11 +101,16 @@ def test_bad_model_folders_are_one_paragraph_and_exit_2(exported, capsys, tmp_pa
     adapter = tmp_path / "models" / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen3-0.6B"}))
+    cut_off = tmp_path / "models" / "int8"  # an int8 folder whose model.onnx was cut off in a copy
+    cut_off.mkdir()
+    (cut_off / "config.json").write_text((exported / "config.json").read_text())
+    (cut_off / "model.onnx").write_bytes(b"\x08\x07\x12")
     cases = {
         "models/export": [f"looked for {tmp_path / 'models/export'}"],  # missing, relative
         "models/adapter": ["holds a LoRA adapter", "models/export"],
         str(tmp_path): ["no config.json"],
         "nobody/no-such-model": ["could not load 'nobody/no-such-model'"],  # a hub id, offline
+        "models/int8": ["could not load the ONNX model", "quantize stage"],
     }
     for model_dir, needles in cases.items():
         code, records, err = predict(capsys, model_dir, "i feel so happy today")
