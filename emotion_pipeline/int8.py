@@ -78,7 +78,9 @@ def fuse(onnx_path: Path, fused_path: Path) -> dict[str, int]:
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     model = ir.load(onnx_path)
-    model, counts = optimize_for_ort(model)
+    # clear_metadata: the exporter stamps every node with its Python stack trace, i.e. paths of this
+    # machine (project, virtualenv), which would make the bytes differ between checkouts.
+    model, counts = optimize_for_ort(model, clear_metadata=True)
     # Fold constants of any size: the fused Attention's packed Q/K/V weight must be one initializer.
     optimize(model, input_size_limit=2**40, output_size_limit=2**40)
     for node in list(model.graph):

@@ -152,7 +152,7 @@ def test_a_sweep_spread_over_two_machines_is_collected_in_a_third(team):
         run(["git", "clone", "-q", "-b", "main", origin, str(machine)], root)
         run(["dvc", "pull", "-q"], machine)  # inputs and the baseline's outputs: only what changes re-runs
         ran = run(["dvc", "exp", "run", "-n", name, "-S", f"train.lr={lr}"], machine)
-        assert stages_run(ran.stdout) == {"train", "evaluate", "export"}
+        assert stages_run(ran.stdout) == {"train", "evaluate", "export", "quantize"}
         run(["dvc", "exp", "push", "origin", name], machine)
 
     collector = root / "collector"
