@@ -61,7 +61,9 @@ def team(tmp_path_factory, small_data: Path, tiny_model: Path) -> dict[str, Path
     a = copy_project(root / "a", tiny_params(small_data, tiny_model))
     shutil.copytree(small_data, a / "data" / "raw" / "emotion300")
     run(["dvc", "add", "-q", "data/raw/emotion300"], a)
-    set_params(a, {"data": {"source": "data/raw/emotion300"}, "model": {"name": "../tiny-qwen3"}})
+    # The int8 build (~30 s a run) adds nothing to what is shared here; tests/test_int8.py covers it.
+    set_params(a, {"data": {"source": "data/raw/emotion300"}, "model": {"name": "../tiny-qwen3"},
+                   "quantize": {"enabled": False}})
     run(["dvc", "remote", "add", "-d", "storage", str(storage)], a)
     run(["git", "remote", "add", "origin", str(origin)], a)
     run(["dvc", "repro"], a)
