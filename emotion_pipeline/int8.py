@@ -1,4 +1,4 @@
-"""The int8 CPU model: the exported classifier as ONNX, fused by ONNX Runtime's transformer optimizer,
+"""The int8 CPU model: the exported classifier as ONNX, its transformer blocks fused for ONNX Runtime,
 its weights quantised to int8 per channel.
 
 Why these three steps, measured on the offline-profile MiniLM (benchmarks/README.md):
@@ -11,8 +11,8 @@ Why these three steps, measured on the offline-profile MiniLM (benchmarks/README
   time, so no calibration data is needed; per-channel scales keep macro-F1 within the gate where
   per-tensor ones (and torch's own dynamic quantisation) lose ~0.01.
 
-The result runs with onnxruntime alone (``emotion_pipeline.predict.OnnxClassifier``); config.json and the tokenizer are
-copied beside it, so labels and a stored class bias travel with it.
+The result runs with onnxruntime alone (``emotion_pipeline.predict.OnnxClassifier``); config.json and
+the tokenizer are copied beside it, so labels and a stored class bias travel with it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from emotion_pipeline.predict import ONNX_FILE
-
-log = logging.getLogger(__name__)
 
 # Protobuf cannot hold a file over 2 GiB: larger models keep their weights in a side file.
 PROTOBUF_LIMIT = 2**31 - 2**26
