@@ -79,14 +79,12 @@ class OnnxClassifier:
 
     device = torch.device("cpu")
 
-    def __init__(self, folder: Path, threads: int = 0):
+    def __init__(self, folder: Path):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per physical core
         try:
             # Residual add + LayerNorm fused into one op runs ~3.5x slower than the two on CPU (emotion_pipeline.int8.fuse).
-            self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"],
+            self.session = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=["SkipLayerNormFusion"])
         except Exception as exc:  # onnxruntime's load errors share no base class beyond Exception
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -99,13 +97,6 @@ class OnnxClassifier:
                                          "attention_mask": attention_mask.numpy().astype(np.int64)})[0]
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
-    def eval(self) -> OnnxClassifier:
-        return self
-
-
-def is_onnx_folder(folder: Path) -> bool:
-    return (folder / ONNX_FILE).is_file()
-
 
 def load_exported(model_dir: str, device: str = "auto"):
     """An exported classifier and its tokenizer, ready for predict_proba: the merged fp32 model
@@ -117,7 +108,7 @@ def load_exported(model_dir: str, device: str = "auto"):
     location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export")
     if isinstance(location, Path):
         check_model_folder(model_dir, location, "model folder")
-        if is_onnx_folder(location):
+        if (location / ONNX_FILE).is_file():  # the quantize stage's int8 model
             if device != "auto" and choose_device(device, key="--device").type != "cpu":
                 raise UserError(f"--device {device}: '{model_dir}' is the int8 ONNX model, which runs on the CPU; "
                                 f"use --device cpu, or the fp32 export (models/export) on a GPU.")

@@ -16,7 +16,6 @@ import json
 import logging
 
 import pandas as pd
-from transformers import AutoTokenizer
 
 from emotion_pipeline.config import load_params
 from emotion_pipeline.errors import UserError
@@ -32,7 +31,7 @@ from emotion_pipeline.paths import (
     PREPARED_DIR,
     TEST_DETAILS,
 )
-from emotion_pipeline.predict import ONNX_FILE, OnnxClassifier, predict_proba
+from emotion_pipeline.predict import ONNX_FILE, load_exported, predict_proba
 from emotion_pipeline.prepared import read_prepared
 
 log = logging.getLogger("quantize")
@@ -61,8 +60,7 @@ def main() -> None:
     with atomic_dir(INT8_DIR) as staging:
         fusions = build_int8(EXPORT_DIR, staging)
         log.info("ONNX Runtime fusions: %s", ", ".join(f"{name} x{count}" for name, count in fusions.items()) or "none")
-        model = OnnxClassifier(staging)
-        tokenizer = AutoTokenizer.from_pretrained(staging)
+        model, tokenizer = load_exported(str(staging))
         probs = predict_proba(model, tokenizer, test["text"].tolist(), cfg.batch_size, params.model.max_length)
         scores = classification_metrics(test["label"].to_numpy(), probs, labels, params.metrics.calibration_bins)
         drop = round(fp32["macro_f1"] - scores["macro_f1"], 6)
@@ -87,7 +85,7 @@ def main() -> None:
 def _readme(scores: dict, fp32: dict, drop: float, agreement: float, size_mb: float) -> str:
     return f"""# Emotion classifier, int8 ONNX (CPU serving)
 
-The model of `{EXPORT_DIR}` exported to ONNX, fused by ONNX Runtime's transformer optimizer and
+The model of `{EXPORT_DIR}` exported to ONNX, its transformer blocks fused for ONNX Runtime, and
 quantised to int8 (per-channel weights, dynamic activations). Runs with `onnxruntime` alone.
 
 | test split ({scores["examples"]} texts) | int8 | fp32 |
