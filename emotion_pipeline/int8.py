@@ -6,7 +6,8 @@ Why these three steps, measured on the offline-profile MiniLM (benchmarks/README
   attention-mask code wrongly (logits off by up to 2 on padded batches); the dynamo exporter
   matches torch to ~3e-6. (optimum-onnx, the usual route, requires transformers < 4.58.)
 - onnxscript's ONNX Runtime fusions (``fuse``): one op per attention block, GELU, RMSNorm, rotary
-  embeddings, so fewer, larger kernels run per layer.
+  embeddings, so fewer, larger kernels run per layer; then GELU's tanh form and the last layer
+  computed only for the token the classifier reads.
 - ``quantize_dynamic`` with per-channel int8 weights: activations are quantised per batch at run
   time, so no calibration data is needed; per-channel scales keep macro-F1 within the gate where
   per-tensor ones (and torch's own dynamic quantisation) lose ~0.01.
@@ -70,6 +71,9 @@ def fuse(onnx_path: Path, fused_path: Path) -> dict[str, int]:
       Runtime from fusing it again at load time);
     - an Attention op with equal q/k/v sizes carries them in an attribute that makes the int8
       quantiser skip it; without the attribute its Q/K/V projection is quantised too (QAttention).
+    Two rewrites for speed, which the quantize stage's macro-F1 gate checks like everything else:
+    - GELU in its tanh form (FastGelu), a faster kernel than the exact erf form;
+    - the last layer after attention computed for the pooled token only (``_pooled_token_only``).
     """
     import onnx_ir as ir
     from onnxscript.optimizer import optimize
@@ -86,6 +90,12 @@ def fuse(onnx_path: Path, fused_path: Path) -> dict[str, int]:
             _split_skip_layer_norm(model.graph, node)
         elif node.op_type == "Attention" and len(set(node.attributes.get_ints("qkv_hidden_sizes", [0]))) == 1:
             node.attributes.pop("qkv_hidden_sizes", None)
+        elif node.domain == "com.microsoft" and node.op_type == "BiasGelu":
+            # Same inputs, tanh approximation of GELU: ~2x faster kernel on CPU, |error| < 1e-3 (the gate
+            # checks that the int8 model still classifies like fp32).
+            node.op_type = "FastGelu"
+            counts["fast_gelu"] = counts.get("fast_gelu", 0) + 1
+    counts["pooled_token_only"] = _pooled_token_only(model.graph)
     ir.save(model, fused_path, external_data=fused_path.name + ".data")
     return {name: count for name, count in counts.items() if count}
 
@@ -106,11 +116,114 @@ def _split_skip_layer_norm(graph, node) -> None:
     norm = ir.node("LayerNormalization", [total.outputs[0], gamma, beta],
                    {"axis": -1, "epsilon": node.attributes.get_float("epsilon", 1e-12)})
     new_nodes.append(norm)
+    for new_node in new_nodes:  # same shape as x: _pooled_token_only checks shapes
+        new_node.outputs[0].shape, new_node.outputs[0].type = outputs[0].shape, outputs[0].type
     graph.insert_before(node, new_nodes)
     ir.convenience.replace_all_uses_with(outputs[0], norm.outputs[0])
     if outputs[3] is not None:
         ir.convenience.replace_all_uses_with(outputs[3], total.outputs[0])
     graph.remove(node, safe=True)
+
+
+# Ops that compute each token's output from that token's input alone (any other input is a weight).
+_TOKENWISE = {"MatMul", "Add", "Mul", "Sigmoid", "Tanh", "Relu", "Cast", "LayerNormalization", "SimplifiedLayerNormalization",
+              "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasGelu", "FastGelu", "Gelu"}
+
+
+def _pooled_token_only(graph) -> int:
+    """Compute the layers after the last attention for the pooled token only; returns how many ops now do.
+
+    A classifier reads one token of the last layer (BERT: the first, ``Gather``; Qwen3: each row's last
+    real token, ``GatherND``), but the exported graph computes the whole last layer for every token
+    and selects afterwards. Everything between the last attention op and that selection works token
+    by token (projections, residual adds, norms, the MLP), so the selection can move up to the
+    attention output and the residual stream: the last layer's MLP then runs on one token per text
+    instead of ~20 (MiniLM: ~13 % of all work). Nothing changes when the graph has another shape.
+    """
+    import numpy as np
+    import onnx_ir as ir
+
+    selection = next((node for node in reversed(list(graph)) if _is_token_selection(node)), None)
+    if selection is None:
+        return 0
+    token_shape = selection.inputs[0].shape
+    # The region: token-wise ops whose every output feeds only the region or the selection (walked
+    # consumers-first, so each node's consumers are decided before it).
+    region: list = []
+    for node in reversed(list(graph)):
+        if node is selection or not _is_tokenwise(node):
+            continue
+        uses = [user for output in node.outputs for user, _ in output.uses()]
+        if uses and all(user is selection or user in region for user in uses) and \
+                not any(output.is_graph_output() for output in node.outputs):
+            region.append(node)
+    if not region or selection.inputs[0].producer() not in region:
+        return 0
+    # Values flowing into the region from outside, other than weights, must be (batch, sequence, ...).
+    entries = {value.name: value for node in region for value in node.inputs
+               if value is not None and value.const_value is None and value.producer() not in region}
+    for value in entries.values():
+        if value.shape is None or token_shape is None or len(value.shape) != 3 or \
+                list(value.shape[:2]) != list(token_shape[:2]):
+            return 0
+    # Select each entry, keeping a length-1 token axis so every op sees the rank it was built for.
+    index = selection.inputs[1]
+    if selection.op_type == "Gather":
+        keep = ir.node("Constant", [], {"value": ir.tensor(np.asarray([index.const_value.numpy().item()], dtype=np.int64))})
+        select_nodes, make = [keep], lambda value: ir.node("Gather", [value, keep.outputs[0]], {"axis": 1})
+    else:  # GatherND with (batch, 2) indices -> (batch, 1, 2)
+        axis = ir.node("Constant", [], {"value": ir.tensor(np.asarray([1], dtype=np.int64))})
+        keep = ir.node("Unsqueeze", [index, axis.outputs[0]])
+        select_nodes, make = [axis, keep], lambda value: ir.node("GatherND", [value, keep.outputs[0]])
+    for value in entries.values():
+        selected = make(value)
+        selected.outputs[0].shape = ir.Shape([value.shape[0], 1, *value.shape[2:]])
+        selected.outputs[0].type = value.type
+        select_nodes.append(selected)
+        for node in region:
+            for slot, input_value in enumerate(node.inputs):
+                if input_value is value:
+                    node.replace_input_with(slot, selected.outputs[0])
+    squeeze_axis = ir.node("Constant", [], {"value": ir.tensor(np.asarray([1], dtype=np.int64))})
+    squeeze = ir.node("Squeeze", [selection.inputs[0], squeeze_axis.outputs[0]])
+    squeeze.outputs[0].shape, squeeze.outputs[0].type = selection.outputs[0].shape, selection.outputs[0].type
+    graph.insert_before(selection, [*select_nodes, squeeze_axis, squeeze])
+    name = selection.outputs[0].name  # Qwen3's selection gives the graph output, `logits`: keep its name
+    ir.convenience.replace_all_uses_with(selection.outputs[0], squeeze.outputs[0], replace_graph_outputs=True)
+    graph.remove(selection, safe=True)
+    squeeze.outputs[0].name = name
+    for node in region:  # shapes along the token axis are now 1
+        for output in node.outputs:
+            if output.shape is not None and len(output.shape) == 3:
+                output.shape = ir.Shape([output.shape[0], 1, output.shape[2]])
+    graph.sort()  # the new selections after whatever computes their indices
+    return len(region)
+
+
+def _is_token_selection(node) -> bool:
+    """``x[:, i]`` for a constant i (Gather on axis 1), or ``x[b, i_b]`` per row (GatherND with (batch, 2) indices)."""
+    if len(node.inputs) != 2 or node.inputs[0] is None or node.inputs[0].shape is None or len(node.inputs[0].shape) != 3:
+        return False
+    index = node.inputs[1]
+    if node.op_type == "Gather" and node.domain == "":
+        return node.attributes.get_int("axis", 0) == 1 and index.const_value is not None and index.const_value.shape.rank() == 0
+    if node.op_type == "GatherND" and node.domain == "":
+        return node.attributes.get_int("batch_dims", 0) == 0 and index.shape is not None and len(index.shape) == 2 \
+            and index.shape[1] == 2
+    return False
+
+
+def _is_tokenwise(node) -> bool:
+    if node.op_type not in _TOKENWISE or node.domain not in ("", "com.microsoft"):
+        return False
+    if node.op_type.endswith("LayerNormalization") and node.attributes.get_int("axis", -1) != -1:
+        return False
+    if node.op_type == "MatMul":  # activations times a weight matrix
+        weight = node.inputs[1]
+        return weight is not None and weight.const_value is not None and len(weight.const_value.shape) == 2
+    if node.op_type in ("Add", "Mul"):  # weights broadcast along the features only
+        return all(value.const_value is None or len(value.const_value.shape) <= 1 for value in node.inputs)
+    return True
 
 
 def quantize(fused_path: Path, int8_path: Path) -> None:

@@ -91,6 +91,43 @@ def test_the_graph_is_fused_and_quantised(export_and_int8):
     assert (int8 / ONNX_FILE).stat().st_size < 0.45 * sum(p.stat().st_size for p in int8.parent.glob("export/*.safetensors"))
 
 
+def test_the_last_layer_runs_for_the_pooled_token_only_and_still_gives_fp32_logits(export_and_int8, small_data, tmp_path):
+    """fuse() moves the classifier's token selection above the last layer's MLP (BERT: first token; Qwen3:
+    each row's last real token). With GELU's exact form put back, the fused fp32 graph must give torch's
+    logits on a padded batch; the tanh GELU it actually uses may move probabilities only slightly."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    from emotion_pipeline.int8 import export_onnx, fuse
+
+    arch, export, _, _ = export_and_int8
+    export_onnx(export, tmp_path / "fp32.onnx")
+    counts = fuse(tmp_path / "fp32.onnx", tmp_path / "fused.onnx")
+    assert counts["pooled_token_only"] >= 8, counts  # residual adds, norms, MLP of the last layer
+    graph = ir.load(tmp_path / "fused.onnx")
+    last_mlp_out = [node for node in graph.graph if node.op_type == "MatMul"][-1 if arch == "bert" else -2]
+    assert last_mlp_out.outputs[0].shape[1] == 1, last_mlp_out  # one token per text
+    exact = graph
+    for node in exact.graph:
+        if node.op_type == "FastGelu":
+            node.op_type = "BiasGelu"
+    ir.save(exact, tmp_path / "exact.onnx", external_data="exact.onnx.data")
+
+    model, tokenizer = load_exported(str(export), "cpu")
+    batch = tokenizer(texts(small_data, 16), padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        expected = model(**batch).logits.numpy()
+    feed = {name: batch[name].numpy().astype(np.int64) for name in ("input_ids", "attention_mask")}
+
+    def logits(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"])
+        return session.run(None, feed)[0]
+
+    assert np.abs(logits(tmp_path / "exact.onnx") - expected).max() < 1e-4, arch
+    fast = torch.softmax(torch.from_numpy(logits(tmp_path / "fused.onnx")), -1).numpy()
+    assert np.abs(fast - torch.softmax(torch.from_numpy(expected), -1).numpy()).max() < 0.02, arch
+
+
 def test_a_class_bias_in_the_config_is_applied_by_the_int8_path(export_and_int8, small_data, tmp_path):
     _, _, int8, _ = export_and_int8
     biased = shutil.copytree(int8, tmp_path / "biased")
