@@ -29,7 +29,7 @@ def main() -> None:
 
     from emotion_pipeline.class_bias import cross_checked_class_bias, fit_class_bias
     from emotion_pipeline.config import load_params
-    from emotion_pipeline.modeling import load_adapter_model
+    from emotion_pipeline.modeling import load_adapter_model, merged
     from emotion_pipeline.paths import ADAPTER_DIR, PREPARED_DIR
     from emotion_pipeline.predict import predict_proba
     from emotion_pipeline.prepared import read_prepared
@@ -37,7 +37,7 @@ def main() -> None:
     params = load_params()
     splits, labels = read_prepared(PREPARED_DIR)
     model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR, torch.device("cpu"))
-    model = model.merge_and_unload()
+    model = merged(model)
     # log-probabilities are the logits up to a per-row constant: the same argmax after any bias.
     scores = {name: np.log(np.clip(predict_proba(model, tokenizer, splits[name]["text"].tolist(), 128,
                                                  params.model.max_length), 1e-30, None))

@@ -70,6 +70,9 @@ class ModelConfig(Section):
 
 
 class LoraParams(Section):
+    enabled: bool = Field(True, description="False: no adapter, every weight of the model trains (full fine-tuning; "
+                                            "for small encoders, with a much smaller train.lr). r, alpha, dropout and "
+                                            "target_modules are then unused.")
     r: int = Field(8, gt=0, description="Rank of the LoRA update matrices.")
     alpha: int = Field(16, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")

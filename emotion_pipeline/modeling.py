@@ -122,6 +122,19 @@ def lora_targets(model: PreTrainedModel, params: LoraParams) -> list[str] | str:
     return params.target_modules
 
 
+def merged(model: PeftModel | PreTrainedModel) -> PreTrainedModel:
+    """A plain transformers model: LoRA folded into the base weights (as cheap to run as the base), or
+    a fully fine-tuned model as it is."""
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def trainable_parameters(model: PreTrainedModel | PeftModel) -> tuple[int, int]:
+    """(trainable, total) parameter counts, with or without an adapter."""
+    if isinstance(model, PeftModel):
+        return model.get_nb_trainable_parameters()
+    return model.num_parameters(only_trainable=True), model.num_parameters()
+
+
 def add_lora(model: PreTrainedModel, params: LoraParams) -> PeftModel:
     """Wrap ``model`` with LoRA; SEQ_CLS makes peft train and save the classification head in full."""
     targets = lora_targets(model, params)
@@ -149,19 +162,25 @@ def _sort_set_fields(config: LoraConfig) -> None:
 
 
 def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, device: torch.device,
-                       dtype: torch.dtype = torch.float32) -> tuple[PeftModel, object]:
+                       dtype: torch.dtype = torch.float32) -> tuple[PeftModel | PreTrainedModel, object]:
     """Base model from ``model.name`` plus the trained adapter, head and tokenizer from ``adapter_dir``,
-    on ``device`` and in eval mode.
+    on ``device`` and in eval mode; or, after full fine-tuning (lora.enabled false), the whole trained
+    classifier saved there.
 
     The base comes from params, not from the adapter's base_model_name_or_path, so a base that
     was moved (or built from a config, which records no name) still loads.
     """
-    if not (adapter_dir / "adapter_config.json").is_file():
+    fully_trained = (adapter_dir / "config.json").is_file() and not (adapter_dir / "adapter_config.json").is_file()
+    if not (adapter_dir / "adapter_config.json").is_file() and not fully_trained:
         raise UserError(f"{adapter_dir}: no trained adapter found; run the train stage first (dvc repro train).")
     tokenizer = load_tokenizer(str(adapter_dir))
-    labels = read_labels(adapter_dir)
-    base = load_classifier_base(resolve_model(cfg.name), cfg, labels, tokenizer.pad_token_id, dtype)
-    model = PeftModel.from_pretrained(base, adapter_dir)
+    if fully_trained:  # lora.enabled false: train saved the whole fine-tuned classifier
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=dtype, use_safetensors=True,
+                                                                   trust_remote_code=cfg.trust_remote_code)
+    else:
+        labels = read_labels(adapter_dir)
+        base = load_classifier_base(resolve_model(cfg.name), cfg, labels, tokenizer.pad_token_id, dtype)
+        model = PeftModel.from_pretrained(base, adapter_dir)
     model.to(device).eval()
     return model, tokenizer
 

@@ -15,7 +15,7 @@ PREPARED_DIR = Path("data/prepared")  # {train,validation,test}.parquet + labels
 DATA_REPORT = Path("metrics/data_report.json")
 
 # train
-ADAPTER_DIR = Path("models/adapter")  # LoRA weights, classification head, tokenizer
+ADAPTER_DIR = Path("models/adapter")  # LoRA weights, classification head, tokenizer (lora.enabled false: the whole model)
 TRAINING_PARAMS_FILE = "training_params.json"  # inside ADAPTER_DIR: the params it was trained with
 CHECKPOINT_DIR = Path("models/checkpoints")  # crash recovery; scratch, not a DVC output (dvc.yaml says why)
 TRAIN_LOG_DIR = Path("metrics/train_log")  # dvclive: loss and validation metrics per step

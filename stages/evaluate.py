@@ -18,7 +18,7 @@ from emotion_pipeline.metrics import (
     quality_report,
     report_text,
 )
-from emotion_pipeline.modeling import load_adapter_model
+from emotion_pipeline.modeling import load_adapter_model, merged
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     CLASSIFICATION_REPORT,
@@ -44,7 +44,7 @@ def main() -> None:
     model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR, device)
     log.info("predicting the test split on %s", device)
     # Merging LoRA into the base weights once makes every forward pass as cheap as the base model's.
-    model = model.merge_and_unload()
+    model = merged(model)
     bias = read_class_bias(ADAPTER_DIR)  # train.fit_class_bias: predicted with, as the export will
     if bias is not None:
         apply_class_bias(model, bias)

@@ -21,7 +21,7 @@ from emotion_pipeline.class_bias import apply_class_bias, config_bias, read_clas
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.io import atomic_dir, write_json
-from emotion_pipeline.modeling import load_adapter_model
+from emotion_pipeline.modeling import load_adapter_model, merged
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     DATA_REPORT,
@@ -51,19 +51,19 @@ def main() -> None:
     device = choose_device(params.compute.device)
     adapter_model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR, device)
     adapter_probs = predict_proba(adapter_model, tokenizer, sample, max_length=params.model.max_length)
-    merged = adapter_model.merge_and_unload()
+    model = merged(adapter_model)
     bias = read_class_bias(ADAPTER_DIR)  # train.fit_class_bias: the export carries it (head bias or config)
     if bias is not None:
-        apply_class_bias(merged, bias)
+        apply_class_bias(model, bias)
         adapter_probs = shift_probs(adapter_probs, bias)
 
     with atomic_dir(EXPORT_DIR) as staging:
-        merged.save_pretrained(staging)
+        model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         exported, exported_tokenizer = load_exported(str(staging), device=str(device))
         export_probs = predict_proba(exported, exported_tokenizer, sample, max_length=params.model.max_length)
         check = _compare(adapter_probs, export_probs, cfg.max_prob_diff)
-        model_card(params, labels, config_bias(merged.config)).save(staging / "README.md")
+        model_card(params, labels, config_bias(model.config)).save(staging / "README.md")
     write_json(EXPORT_CHECK, check)
     log.info("exported to %s; %d sample predictions match the adapter (max prob diff %.2e)",
              EXPORT_DIR, check["samples"], check["max_prob_diff"])
@@ -102,10 +102,11 @@ def model_card(params, labels: list[str], logit_bias: np.ndarray | None = None) 
     source = json.loads(DATA_REPORT.read_text())["source"]
     training = json.loads((ADAPTER_DIR / TRAINING_PARAMS_FILE).read_text())
     training["model"].pop("name")  # may be a folder of the training machine; the base model is named above
+    lora = training["lora"].get("enabled", True)  # false: every weight was trained (full fine-tuning)
     base_model = params.export.base_model_id or hub_id_of(params.model.name)
     dataset = params.export.dataset_id or (None if isinstance(resolve_source(source["data.source"], "data.source", "a hub id"), Path)
                                            else source["data.source"])
-    name = f"{(base_model or 'local base model').split('/')[-1]}-emotion-lora"
+    name = f"{(base_model or 'local base model').split('/')[-1]}-emotion" + ("-lora" if lora else "")
     evals = [
         EvalResult(task_type="text-classification", dataset_type=dataset, dataset_name=dataset, dataset_split="test",
                    dataset_revision=source["data.revision"], metric_type=metric, metric_name=title,
@@ -114,7 +115,7 @@ def model_card(params, labels: list[str], logit_bias: np.ndarray | None = None) 
                                            ("weighted_f1", "f1", "weighted F1", "weighted"))
     ] if dataset else None
     data = ModelCardData(library_name="transformers", pipeline_tag="text-classification", base_model=base_model,
-                         datasets=[dataset] if dataset else None, tags=["emotion", "lora", "dvc"], model_name=name,
+                         datasets=[dataset] if dataset else None, tags=["emotion", "lora", "dvc"] if lora else ["emotion", "dvc"], model_name=name,
                          eval_results=evals)
     per_class = "\n".join(
         f"| {label} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
@@ -127,12 +128,13 @@ def model_card(params, labels: list[str], logit_bias: np.ndarray | None = None) 
         f"`class_logit_bias`: {', '.join(f'{n} {b:+.3f}' for n, b in zip(labels, logit_bias))}). "
         f"`emotion-predict` and `emotion_pipeline.predict` add it to the logits; a plain `pipeline()` does not.\n")
     body = f"""
-# Emotion classifier: {base_model or "local base model"} + LoRA (merged)
+# Emotion classifier: {base_model or "local base model"} {"+ LoRA (merged)" if lora else "(fully fine-tuned)"}
 
 Classifies English text into six emotions: {", ".join(labels)}.
 Base model: {base_line}. Data: {f"`{dataset}`" if dataset else "a local dataset"}, revision
 `{source["data.revision"] or "default branch"}`.
-Fine-tuned with LoRA by the emotion-pipeline DVC pipeline and merged into the base weights,
+{"Fine-tuned with LoRA by the emotion-pipeline DVC pipeline and merged into the base weights," if lora else
+   "Every weight fine-tuned by the emotion-pipeline DVC pipeline (lora.enabled false),"}
 so it loads with plain `transformers` (no `peft`).
 
 ## Test metrics ({metrics["examples"]} examples)

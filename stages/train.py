@@ -46,7 +46,7 @@ from emotion_pipeline.distributed import (
 )
 from emotion_pipeline.errors import UserError, under_torchrun
 from emotion_pipeline.io import atomic_dir, write_json
-from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer, resolve_model
+from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer, resolve_model, trainable_parameters
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     CHECKPOINT_DIR,
@@ -84,8 +84,9 @@ def main() -> None:
     set_seed(train_cfg.seed)
     tokenizer = load_tokenizer(location, model_cfg.trust_remote_code, model_cfg.revision)
     model = load_classifier_base(location, model_cfg, labels, tokenizer.pad_token_id, dtype)
-    model = add_lora(model, lora_cfg)
-    trainable, total = model.get_nb_trainable_parameters()
+    if lora_cfg.enabled:
+        model = add_lora(model, lora_cfg)
+    trainable, total = trainable_parameters(model)
 
     def tokenize(frame):
         dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)

