@@ -170,11 +170,11 @@ def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, device: torch.device
     The base comes from params, not from the adapter's base_model_name_or_path, so a base that
     was moved (or built from a config, which records no name) still loads.
     """
-    fully_trained = (adapter_dir / "config.json").is_file() and not (adapter_dir / "adapter_config.json").is_file()
-    if not (adapter_dir / "adapter_config.json").is_file() and not fully_trained:
+    has_adapter = (adapter_dir / "adapter_config.json").is_file()
+    if not has_adapter and not (adapter_dir / "config.json").is_file():
         raise UserError(f"{adapter_dir}: no trained adapter found; run the train stage first (dvc repro train).")
     tokenizer = load_tokenizer(str(adapter_dir))
-    if fully_trained:  # lora.enabled false: train saved the whole fine-tuned classifier
+    if not has_adapter:  # lora.enabled false: train saved the whole fine-tuned classifier
         model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=dtype, use_safetensors=True,
                                                                    trust_remote_code=cfg.trust_remote_code)
     else:
