@@ -77,8 +77,10 @@ def fuse(onnx_path: Path, fused_path: Path) -> dict[str, int]:
     - BiasGelu (bias add + exact GELU, onnxruntime's erf kernel) is split into Add + the standard
       ONNX Gelu (opset 20): the same function, ~20 % faster kernel, and the Add folds into the int8
       MatMul before it. (The tanh form, FastGelu, was slower than this and only approximate.)
-    One rewrite for speed: the last layer after attention computed for the pooled token only
-    (``_pooled_token_only``); the quantize stage's macro-F1 gate checks it like everything else.
+    Two rewrites for speed: the last layer after attention computed for the pooled token only
+    (``_pooled_token_only``), and, for a fused Attention op, the last attention asked for that token's
+    output only (``_pooled_query_attention``). build_int8 checks them on a padded batch, the quantize
+    stage's macro-F1 gate on the test split.
     """
     import onnx_ir as ir
     from onnxscript.optimizer import optimize
@@ -102,6 +104,7 @@ def fuse(onnx_path: Path, fused_path: Path) -> dict[str, int]:
             _split_bias_gelu(model.graph, node)
             counts["onnx_gelu"] = counts.get("onnx_gelu", 0) + 1
     counts["pooled_token_only"] = _pooled_token_only(model.graph)
+    counts["pooled_query_attention"] = _pooled_query_attention(model.graph)
     ir.passes.common.RemoveUnusedNodesPass()(model)  # e.g. the additive padding bias no op reads now
     ir.save(model, fused_path, external_data=fused_path.name + ".data")
     return {name: count for name, count in counts.items() if count}
@@ -242,6 +245,78 @@ def _pooled_token_only(graph) -> int:
                 output.shape = ir.Shape([output.shape[0], 1, output.shape[2]])
     graph.sort()  # the new selections after whatever computes their indices
     return len(region)
+
+
+def _pooled_query_attention(graph) -> int:
+    """The last attention computes every token's output, though after _pooled_token_only one token of it is
+    read. Attention(x) -> Gather(token) becomes MultiHeadAttention(query = that token's Q projection,
+    keys and values = every token's): 1 query row per text instead of ~20. Returns 1 if rewritten.
+
+    For a fused Attention op (packed Q/K/V weight, BERT-type models) only; the projections stay
+    MatMuls, which the quantiser turns into int8 ones like every other.
+    """
+    import numpy as np
+    import onnx_ir as ir
+
+    attention = next((node for node in reversed(list(graph)) if node.domain == "com.microsoft" and node.op_type == "Attention"),
+                     None)
+    if attention is None:
+        return 0
+    x, weight, bias, mask, *rest = list(attention.inputs) + [None] * (6 - len(attention.inputs))
+    output = attention.outputs[0]
+    uses = [user for user, _ in output.uses()]
+    if any(value is not None for value in rest) or any(value.uses() for value in attention.outputs[1:]) or \
+            weight.const_value is None or (bias is not None and bias.const_value is None) or \
+            attention.attributes.get_int("unidirectional", 0) or "qkv_hidden_sizes" in attention.attributes or \
+            len(uses) != 1 or uses[0].op_type != "Gather" or uses[0].attributes.get_int("axis", 0) != 1:
+        return 0
+    index = _constant(uses[0].inputs[1])
+    if index is None or index.shape != (1,):  # the length-1 selection _pooled_token_only makes
+        return 0
+    selection = uses[0]
+    weights = weight.const_value.numpy()
+    hidden = weights.shape[0]
+    biases = bias.const_value.numpy() if bias is not None else np.zeros(weights.shape[1], weights.dtype)
+
+    def constant(name: str, array) -> ir.Value:
+        value = ir.Value(name=f"{attention.name or 'attention'}_{name}", const_value=ir.tensor(np.ascontiguousarray(array)))
+        graph.register_initializer(value)
+        return value
+
+    token = ir.node("Gather", [x, selection.inputs[1]], {"axis": 1})
+    query = ir.node("MatMul", [token.outputs[0], constant("q_weight", weights[:, :hidden])])
+    query_biased = ir.node("Add", [query.outputs[0], constant("q_bias", biases[:hidden])])
+    keys_values = ir.node("MatMul", [x, constant("kv_weight", weights[:, hidden:])])
+    keys_values_biased = ir.node("Add", [keys_values.outputs[0], constant("kv_bias", biases[hidden:])])
+    split = ir.node("Split", [keys_values_biased.outputs[0], constant("kv_split", np.asarray([hidden, hidden], np.int64))],
+                    {"axis": -1}, num_outputs=2)
+    attributes = {"num_heads": attention.attributes.get_int("num_heads")}
+    for name in ("scale", "mask_filter_value"):
+        if name in attention.attributes:
+            attributes[name] = attention.attributes.get_float(name)
+    pooled = ir.node("MultiHeadAttention", [query_biased.outputs[0], *split.outputs, None, mask], attributes,
+                     domain="com.microsoft")
+    one_token = ir.Shape([x.shape[0], 1, hidden]) if x.shape is not None else None
+    every_token = ir.Shape([x.shape[0], x.shape[1], hidden]) if x.shape is not None else None
+    for value, shape in ((token.outputs[0], one_token), (query.outputs[0], one_token), (query_biased.outputs[0], one_token),
+                         (keys_values.outputs[0], None), (keys_values_biased.outputs[0], None),
+                         (split.outputs[0], every_token), (split.outputs[1], every_token), (pooled.outputs[0], one_token)):
+        value.shape, value.type = shape, output.type
+    graph.insert_before(attention, [token, query, query_biased, keys_values, keys_values_biased, split, pooled])
+    ir.convenience.replace_all_uses_with(selection.outputs[0], pooled.outputs[0])
+    graph.remove([selection, attention], safe=True)
+    graph.sort()  # the selection's index is computed after the attention it now precedes
+    return 1
+
+
+def _constant(value):
+    """A value's array if it is an initializer or a Constant node's output, else None."""
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        return producer.attributes["value"].as_tensor().numpy()
+    return None
 
 
 def _is_token_selection(node) -> bool:

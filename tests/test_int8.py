@@ -104,8 +104,8 @@ def test_the_graph_is_fused_and_quantised(export_and_int8):
 
 def test_the_last_layer_runs_for_the_pooled_token_only_and_still_gives_fp32_logits(export_and_int8, fp32_and_fused, small_data):
     """fuse() moves the classifier's token selection above the last layer's MLP (BERT: first token; Qwen3:
-    each row's last real token). The fused fp32 graph (GELU exact, as the model was trained) must give
-    torch's logits on a padded batch."""
+    each row's last real token), and for BERT into the last attention. The fused fp32 graph (GELU exact,
+    as the model was trained) must give torch's logits on a padded batch."""
     import onnx_ir as ir
     import onnxruntime as ort
 
@@ -118,6 +118,10 @@ def test_the_last_layer_runs_for_the_pooled_token_only_and_still_gives_fp32_logi
     if arch == "bert":
         layers = json.loads((export / "config.json").read_text())["num_hidden_layers"]
         assert counts["onnx_gelu"] == layers and not any(node.op_type in ("BiasGelu", "FastGelu") for node in graph.graph)
+        # The last attention asks for the pooled token's output only: one query row per text.
+        assert counts["pooled_query_attention"] == 1
+        last_attention = [node for node in graph.graph if node.op_type in ("Attention", "MultiHeadAttention")][-1]
+        assert last_attention.op_type == "MultiHeadAttention" and last_attention.outputs[0].shape[1] == 1
 
     model, tokenizer = load_exported(str(export), "cpu")
     batch = tokenizer(texts(small_data, 16), padding=True, return_tensors="pt")
