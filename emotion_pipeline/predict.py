@@ -55,7 +55,9 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
     # parameter to hold it (emotion_pipeline.class_bias).
     device = model.device
     bias = config_bias(model.config)
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    # Token ids only: each batch's mask comes with its padding below (and BERT's token types are all 0).
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     probs = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
     starts = range(0, len(order), batch_size)
