@@ -7,11 +7,13 @@
 - Data: a stage's data deps are exactly the outputs of other stages whose path constant
   (emotion_pipeline.paths) its module names, plus the tracked input folders (data/raw,
   models/base) that any module it imports names.
+- Outputs: every stage output is in the top-level .gitignore.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,14 @@ def test_raw_data_readers_belong_to_prepare_only():
     assert REPO / "emotion_pipeline/raw_data.py" in project_closure("stages.prepare")
     for stage in ("train", "evaluate", "export", "baseline"):
         assert REPO / "emotion_pipeline/raw_data.py" not in project_closure(f"stages.{stage}")
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_output_is_ignored_by_git(name):
+    """The top-level .gitignore lists every stage output: otherwise the first `dvc repro` writes a
+    folder .gitignore of its own, which shows as untracked in `git status` and is left out of every
+    `dvc exp run --temp / --queue` commit (DVC warns about it)."""
+    for out in STAGES[name].get("outs", []):
+        path = next(iter(out)) if isinstance(out, dict) else out
+        ignored = subprocess.run(["git", "check-ignore", "--quiet", "--no-index", path], cwd=REPO).returncode == 0
+        assert ignored, f"{path} (an output of {name}) is not in .gitignore"
