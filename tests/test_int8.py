@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,11 @@ def test_the_graph_is_fused_and_quantised(export_and_int8):
         assert fusions.get("attention") and "QAttention" in ops  # attention fused, its Q/K/V projection int8
     else:
         assert fusions.get("rms_normalization") and fusions.get("rotary_embedding")
+        # Every attention block on the model's own K/V heads (ONNX Attention), none left as MultiHeadAttention.
+        layers = json.loads((int8 / "config.json").read_text())["num_hidden_layers"]
+        counted = Counter(node.op_type for node in onnx.load(int8 / ONNX_FILE, load_external_data=False).graph.node)
+        assert fusions["grouped_query_attention"] == counted["Attention"] == layers, (fusions, counted)
+        assert counted["RotaryEmbedding"] == 2 * layers and "MultiHeadAttention" not in ops and "Neg" not in ops
     assert (int8 / ONNX_FILE).stat().st_size < 0.45 * sum(p.stat().st_size for p in int8.parent.glob("export/*.safetensors"))
 
 
@@ -134,26 +140,44 @@ def test_the_last_layer_runs_for_the_pooled_token_only_and_still_gives_fp32_logi
 
 
 def test_the_build_refuses_a_fused_graph_that_gets_padding_wrong(export_and_int8, fp32_and_fused, tmp_path):
-    """check_fused compares the fused graph with the export on a padded batch: BERT's attention with its
-    padding mask taken away (what the quantiser used to do to it) must fail the build."""
+    """check_fused compares the fused graph with the export on a padded batch: an attention whose mask is
+    taken away (what the quantiser used to do to BERT's) must fail the build."""
     import onnx_ir as ir
 
     from emotion_pipeline.int8 import check_fused
 
     arch, export, _, _ = export_and_int8
-    if arch == "qwen3":
-        pytest.skip("Qwen3's attention is causal: right padding never reaches the real tokens")
     fp32, fused, counts = fp32_and_fused
-    assert counts["padding_mask_index"] >= 1
+    assert counts["padding_mask_index" if arch == "bert" else "grouped_query_attention"] >= 1
     tokenizer = AutoTokenizer.from_pretrained(export)
     check_fused(fp32, fused, tokenizer)  # as built: passes
     graph = ir.load(fused)
     for node in graph.graph:
-        if node.op_type == "Attention":
+        if node.op_type == "Attention":  # BERT: the padding mask; Qwen3: the causal and padding bias
             node.replace_input_with(3, None)
     ir.save(graph, tmp_path / "unmasked.onnx", external_data="unmasked.onnx.data")
     with pytest.raises(RuntimeError, match="does not reproduce the exported model on a padded batch"):
         check_fused(fp32, tmp_path / "unmasked.onnx", tokenizer)
+
+
+def test_grouped_query_attention_keeps_the_models_positions_and_mask(export_and_int8, fp32_and_fused, small_data):
+    """Qwen3's attention as ONNX Attention on its own K/V heads reuses the model's cos/sin and attention bias,
+    so it assumes nothing about the padding side: left-padded batches give torch's logits as well."""
+    import onnxruntime as ort
+
+    arch, export, _, _ = export_and_int8
+    if arch == "bert":
+        pytest.skip("BERT's attention is one fused ONNX Runtime Attention op with its padding mask (tested above)")
+    _, fused, counts = fp32_and_fused
+    model, tokenizer = load_exported(str(export), "cpu")
+    session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    for side in ("left", "right"):
+        tokenizer.padding_side = side
+        batch = tokenizer(texts(small_data, 12) + ["short"], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            expected = model(**batch).logits.numpy()
+        feed = {name: batch[name].numpy().astype(np.int64) for name in ("input_ids", "attention_mask")}
+        assert np.abs(session.run(None, feed)[0] - expected).max() < 1e-4, side
 
 
 def test_padding_is_masked_in_the_int8_model(export_and_int8, small_data):
