@@ -158,7 +158,7 @@ def _grouped_query_attention(model) -> int:
     onnxscript fuses such a block into MultiHeadAttention, which needs as many K/V heads as query heads,
     and leaves the rotation as ~12 small ops per layer plus Expand/Transpose copies around it: on the
     full-size Qwen3-0.6B architecture (int8) the attention with that glue took ~37 % of the time, and
-    ~16 % after this rewrite (1.4x sentences/s, benchmarks/README.md). The model's own attention bias
+    ~17 % after this rewrite (1.4x sentences/s, benchmarks/README.md). The model's own attention bias
     (causal and padding, as the export computes it) and its own cos/sin tables are kept, so nothing is
     assumed about positions or the padding side; build_int8's check on a padded batch verifies the result.
     """
