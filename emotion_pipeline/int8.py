@@ -232,11 +232,15 @@ def _rotary_attention_inputs(node):
         return None
     heads, kv_heads, head_size = query_heads.shape[2], key_heads.shape[2], query_heads.shape[3]
     if heads != node.attributes.get_int("num_heads") or heads % kv_heads or key_heads.shape[3] != head_size or \
-            value.shape[2] != kv_heads * head_size or angles[0].shape is None or angles[0].shape[-1] * 2 != head_size:
+            value.shape[2] != kv_heads * head_size or angles[0].shape is None or angles[0].shape[-1] * 2 != head_size or \
+            not list(query_heads.shape[:2]) == list(key_heads.shape[:2]) == list(value.shape[:2]):
         return None
     bias = inputs[5]
-    if bias.producer() is not None and bias.producer().op_type == "Expand":  # to every head: Attention broadcasts it
-        bias = bias.producer().inputs[0]
+    if _producer(bias, "Expand") is not None:  # copies per head: Attention broadcasts the heads axis itself
+        unexpanded = bias.producer().inputs[0]
+        if unexpanded.shape is not None and bias.shape is not None and len(unexpanded.shape) == len(bias.shape) == 4 and \
+                list(unexpanded.shape[2:]) == list(bias.shape[2:]):  # (it needs the full query x key axes)
+            bias = unexpanded
     return query_heads, key_heads, value, angles[0], bias
 
 
