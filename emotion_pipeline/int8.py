@@ -262,10 +262,10 @@ def _rotate_half_input(value):
             continue
         for halves, sin in (rotated.inputs, list(reversed(rotated.inputs))):
             concat = _producer(halves, "Concat")
-            if concat is None or len(concat.inputs) != 2 or _producer(concat.inputs[0], "Neg") is None:
+            negated = _producer(concat.inputs[0], "Neg") if concat is not None and len(concat.inputs) == 2 else None
+            if negated is None:
                 continue
-            second = _producer(_producer(concat.inputs[0], "Neg").inputs[0], "Slice")
-            first = _producer(concat.inputs[1], "Slice")
+            second, first = _producer(negated.inputs[0], "Slice"), _producer(concat.inputs[1], "Slice")
             if second is None or first is None or second.inputs[0] is not first.inputs[0]:
                 continue
             x = first.inputs[0]
