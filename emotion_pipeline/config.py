@@ -19,6 +19,16 @@ from emotion_pipeline.paths import PARAMS_FILE
 
 # compute.device and the predict command's --device (emotion_pipeline.device.choose_device).
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+# Marks a field whose value changes how a stage runs but never what it writes (where processes
+# meet, how long they wait): a stage that reads it leaves it out of its dvc.yaml `params:`, so
+# changing it re-runs nothing. tests/test_dvc_deps.py reads the mark.
+NO_RESULT_EFFECT = {"changes_results": False}
+
+
+def changes_results(section: type[BaseModel], key: str) -> bool:
+    """False for a field marked NO_RESULT_EFFECT, else True."""
+    extra = section.model_fields[key].json_schema_extra
+    return not (isinstance(extra, dict) and extra.get("changes_results") is False)
 
 
 class Section(BaseModel):
@@ -120,7 +130,8 @@ class ComputeConfig(Section):
                                 "nnodes above 1), train runs under torchrun.")
     nnodes: int = Field(1, gt=0, description="Machines taking part in one training run (torchrun --nnodes).")
     rdzv_endpoint: str = Field("127.0.0.1:29400", pattern=r"^[^:\s]+:\d+$", description="host:port where the "
-                               "processes of a multi-node run meet (torchrun --rdzv-endpoint); unused on one machine.")
+                               "processes of a multi-node run meet (torchrun --rdzv-endpoint); unused on one machine.",
+                               json_schema_extra=NO_RESULT_EFFECT)
 
 
 class EvaluateConfig(Section):

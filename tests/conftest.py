@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]  # data.labels' default order
 SHARED_EMOTION = REPO.parent / "shared" / "data" / "emotion"
 SPLIT_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "test.txt"}
 
@@ -85,6 +86,29 @@ def tiny_model(tmp_path_factory) -> Path:
     from emotion_pipeline.tiny import build_tiny_qwen3
 
     return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3") / "model")
+
+
+def save_classifier(base: Path | str, out: Path, labels: list[str] = LABELS, head_scale: float = 1.0,
+                    seed: int = 0) -> Path:
+    """A classifier on ``base`` with a fresh, seeded head for ``labels``, saved as the export stage saves one.
+
+    head_scale > 1 makes the head decisive: a fresh head's logits are ~0 (uniform probabilities),
+    scaled up it makes clear choices to compare between two ways of predicting.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)  # the new head
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model.config.pad_token_id = tokenizer.pad_token_id
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(labels)][-1]
+    head.weight.data *= head_scale
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 def tiny_params(data_dir: Path, model_dir: Path) -> dict:
