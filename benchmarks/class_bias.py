@@ -25,10 +25,10 @@ def main() -> None:
     os.chdir(args.project)
 
     import torch
-    from sklearn.metrics import accuracy_score, f1_score
 
     from emotion_pipeline.class_bias import cross_checked_class_bias, fit_class_bias
     from emotion_pipeline.config import load_params
+    from emotion_pipeline.metrics import accuracy, macro_f1
     from emotion_pipeline.modeling import load_adapter_model, merged
     from emotion_pipeline.paths import ADAPTER_DIR, PREPARED_DIR
     from emotion_pipeline.predict import predict_proba
@@ -56,8 +56,8 @@ def main() -> None:
     for name in ("validation", "test"):
         plain, biased = scores[name].argmax(1), (scores[name] + bias).argmax(1)
         y = truth[name]
-        print(f"| {name} | {accuracy_score(y, plain):.4f} | {f1_score(y, plain, average='macro'):.4f} | "
-              f"{accuracy_score(y, biased):.4f} | {f1_score(y, biased, average='macro'):.4f} |")
+        print(f"| {name} | {accuracy(y, plain):.4f} | {macro_f1(y, plain, len(labels)):.4f} | "
+              f"{accuracy(y, biased):.4f} | {macro_f1(y, biased, len(labels)):.4f} |")
 
 
 if __name__ == "__main__":

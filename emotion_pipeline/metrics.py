@@ -8,8 +8,19 @@ from sklearn.metrics import (
     accuracy_score,
     classification_report,
     confusion_matrix,
+    f1_score,
     precision_recall_fscore_support,
 )
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> float:
+    """Unweighted mean of the F1 of every class id 0..num_labels-1 (a class never predicted nor present
+    scores 0): the project's model-selection score (best epoch, baseline choice, class bias)."""
+    return float(f1_score(y_true, y_pred, labels=list(range(num_labels)), average="macro", zero_division=0))
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(accuracy_score(y_true, y_pred))
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], calibration_bins: int = 10) -> dict:
@@ -93,11 +104,8 @@ def quality_report(metrics: dict, table: pd.DataFrame, labels: list[str], top_mi
         "",
         "## Per class",
         "",
-        "| class | precision | recall | F1 | support |",
-        "| --- | --- | --- | --- | --- |",
+        *per_class_table(metrics["per_class"]),
     ]
-    for name, scores in metrics["per_class"].items():
-        lines.append(f"| {name} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | {scores['support']} |")
     matrix = confusion(y_true, y_pred, labels)
     lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
               "| true \\ predicted | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 1) + "|"]
@@ -110,6 +118,14 @@ def quality_report(metrics: dict, table: pd.DataFrame, labels: list[str], top_mi
         text = row.text.replace("|", "\\|")
         lines.append(f"| {row.confidence:.4f} | {row.actual} | {row.predicted} | {text} |")
     return "\n".join(lines) + "\n"
+
+
+def per_class_table(per_class: dict) -> list[str]:
+    """The markdown lines of a per-class precision / recall / F1 / support table (quality report, model card)."""
+    lines = ["| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
+              for name, s in per_class.items()]
+    return lines
 
 
 def _rounded(value):

@@ -15,15 +15,16 @@ import logging
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import make_pipeline
 
 from emotion_pipeline.config import load_params
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.metrics import (
+    accuracy,
     classification_metrics,
     headline,
+    macro_f1,
     predictions_table,
     quality_report,
 )
@@ -31,7 +32,6 @@ from emotion_pipeline.paths import BASELINE_CHOICE, BASELINE_DETAILS, BASELINE_M
 from emotion_pipeline.prepared import read_prepared
 
 log = logging.getLogger("baseline")
-
 
 
 def main() -> None:
@@ -46,9 +46,8 @@ def main() -> None:
     for setting in space:
         classifier = fit(train, setting, cfg.max_features, cfg.seed)
         predicted = classifier.predict(validation["text"])
-        macro_f1 = f1_score(validation["label"], predicted, labels=range(len(labels)), average="macro", zero_division=0)
-        candidates.append({**setting, "validation_macro_f1": round(macro_f1, 6),
-                           "validation_accuracy": round(accuracy_score(validation["label"], predicted), 6)})
+        candidates.append({**setting, "validation_macro_f1": round(macro_f1(validation["label"], predicted, len(labels)), 6),
+                           "validation_accuracy": round(accuracy(validation["label"], predicted), 6)})
         log.info("%s: validation macro-F1 %.4f", setting, candidates[-1]["validation_macro_f1"])
     # Ties go to the first in grid order, so the choice is the same on every run.
     best = max(candidates, key=lambda candidate: candidate["validation_macro_f1"])

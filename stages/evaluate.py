@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from emotion_pipeline.class_bias import apply_class_bias, read_class_bias
+from emotion_pipeline.class_bias import carry_stored_bias
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.io import write_json, write_text
@@ -45,9 +45,7 @@ def main() -> None:
     log.info("predicting the test split on %s", device)
     # Merging LoRA into the base weights once makes every forward pass as cheap as the base model's.
     model = merged(model)
-    bias = read_class_bias(ADAPTER_DIR)  # train.fit_class_bias: predicted with, as the export will
-    if bias is not None:
-        apply_class_bias(model, bias)
+    carry_stored_bias(model, ADAPTER_DIR)  # train.fit_class_bias: predicted with, as the export will
     probs = predict_proba(model, tokenizer, test["text"].tolist(), cfg.batch_size, params.model.max_length)
 
     y_true = test["label"].to_numpy()

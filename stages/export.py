@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from emotion_pipeline.class_bias import apply_class_bias, config_bias, read_class_bias, shift_probs
+from emotion_pipeline.class_bias import carry_stored_bias, config_bias, shift_probs
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.io import atomic_dir, write_json
+from emotion_pipeline.metrics import per_class_table
 from emotion_pipeline.modeling import load_adapter_model, merged
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
@@ -52,9 +53,8 @@ def main() -> None:
     adapter_model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR, device)
     adapter_probs = predict_proba(adapter_model, tokenizer, sample, max_length=params.model.max_length)
     model = merged(adapter_model)
-    bias = read_class_bias(ADAPTER_DIR)  # train.fit_class_bias: the export carries it (head bias or config)
+    bias = carry_stored_bias(model, ADAPTER_DIR)  # train.fit_class_bias: the export carries it (emotion_pipeline.class_bias)
     if bias is not None:
-        apply_class_bias(model, bias)
         adapter_probs = shift_probs(adapter_probs, bias)
 
     with atomic_dir(EXPORT_DIR) as staging:
@@ -117,10 +117,7 @@ def model_card(params, labels: list[str], logit_bias: np.ndarray | None = None) 
     data = ModelCardData(library_name="transformers", pipeline_tag="text-classification", base_model=base_model,
                          datasets=[dataset] if dataset else None, tags=["emotion", "lora", "dvc"] if lora else ["emotion", "dvc"], model_name=name,
                          eval_results=evals)
-    per_class = "\n".join(
-        f"| {label} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
-        for label, s in metrics["per_class"].items()
-    )
+    per_class = "\n".join(per_class_table(metrics["per_class"]))
     base_line = (f"`{base_model}`" if base_model else "a local model folder (set export.base_model_id to name it)") + \
         f", revision `{params.model.revision or 'default branch'}`"
     bias_note = "" if logit_bias is None else (
@@ -146,8 +143,6 @@ so it loads with plain `transformers` (no `peft`).
 | weighted F1 | {metrics["weighted_f1"]:.4f} |
 | expected calibration error | {metrics["ece"]:.4f} |
 
-| class | precision | recall | F1 | support |
-| --- | --- | --- | --- | --- |
 {per_class}
 
 ## Use
