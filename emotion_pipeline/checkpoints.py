@@ -18,6 +18,7 @@ from pathlib import Path
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from emotion_pipeline.distributed import broadcast_from_rank0
 from emotion_pipeline.io import write_json
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,13 @@ def resumable_checkpoint(checkpoint_dir: Path, fingerprint: str) -> Path | None:
     checkpoint_dir.mkdir(parents=True)
     write_json(stamp, {"fingerprint": fingerprint, "finished": False})
     return None
+
+
+def resume_point(checkpoint_dir: Path, fingerprint: str) -> Path | None:
+    """resumable_checkpoint as global rank 0 decides it (only it reads and stamps the folder), on every
+    rank, so that all processes resume from the same checkpoint. Call it once the processes are connected."""
+    rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return broadcast_from_rank0(resumable_checkpoint(checkpoint_dir, fingerprint) if rank0 else None)
 
 
 def finish(checkpoint_dir: Path, fingerprint: str) -> None:

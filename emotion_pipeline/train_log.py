@@ -30,24 +30,31 @@ class LogAtEpochEnd(TrainerCallback):
 
 
 class LiveLogger(TrainerCallback):
-    """Sends Trainer logs to dvclive at the optimiser step they belong to.
+    """Sends Trainer logs to dvclive at the optimiser step they belong to, from global rank 0 only
+    (in a run of several processes the others log nothing: one log, written once).
 
     On resume, Trainer restores the log history from the checkpoint; replaying it into a fresh
     Live makes the plots of a resumed run identical to those of an uninterrupted one.
     """
 
-    def __init__(self, live: Live):
-        self.live = live
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.live: Live | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.live = open_live(self.log_dir)
         for entry in state.log_history:
             self._log(entry)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        self._log({**(logs or {}), "step": state.global_step})
+        if self.live is not None:
+            self._log({**(logs or {}), "step": state.global_step})
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.live.end()
+        if self.live is not None:
+            self.live.end()
 
     def _log(self, entry: dict) -> None:
         if "train_runtime" in entry:  # the end-of-training summary: single values, not curves

@@ -1,15 +1,16 @@
 """train: LoRA fine-tune of model.name on data/prepared -> models/adapter + metrics/train.json.
 
-Reads params sections: model, lora, train, compute.
+Reads params sections: model, lora, train, compute (device, deterministic and the process counts; where
+processes meet and how long they wait change no result).
 
-The story: load the prepared splits, tokenise them once, load the base model with a fresh
-classification head, wrap it with LoRA, and let the HF Trainer run with dynamic padding and
-length-grouped batches, evaluating macro-F1 on validation each epoch and keeping the best
-epoch. Checkpoints go to models/checkpoints, a scratch folder DVC does not track, so a killed
-run resumes where it stopped on the next `dvc repro`, provided params and data are unchanged.
-With compute.nproc_per_node or compute.nnodes above 1, the stage re-runs itself under torchrun
-(emotion_pipeline.distributed): each process trains on its share of every batch, and only global
-rank 0 writes.
+The story (main): launch -> model -> data -> trainer -> run -> outputs. Load the prepared splits;
+with compute.nproc_per_node or compute.nnodes above 1, hand over to torchrun, which runs this stage
+once per process (emotion_pipeline.distributed). Load the base model with a fresh classification
+head and wrap it with LoRA; tokenise the splits once; let the HF Trainer run with dynamic padding
+and length-grouped batches, evaluating macro-F1 on validation each epoch and keeping the best epoch.
+Checkpoints go to models/checkpoints, a scratch folder DVC does not track, so a killed run resumes
+where it stopped on the next `dvc repro`, provided params and data are unchanged. Only global rank 0
+writes outputs (write_outputs); every rank trains and predicts.
 """
 
 from __future__ import annotations
@@ -17,35 +18,23 @@ from __future__ import annotations
 import json
 import logging
 import time
-from types import SimpleNamespace
 
 import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import f1_score
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import enable_full_determinism
 
-from emotion_pipeline.checkpoints import (
-    MarkCheckpointComplete,
-    finish,
-    resumable_checkpoint,
-    run_fingerprint,
-    step_of,
-)
-from emotion_pipeline.class_bias import cross_checked_class_bias, write_class_bias
-from emotion_pipeline.config import load_params
+from emotion_pipeline.checkpoints import MarkCheckpointComplete, finish, resume_point, run_fingerprint, step_of
+from emotion_pipeline.class_bias import fit_on_validation, write_class_bias
+from emotion_pipeline.config import ComputeConfig, TrainConfig, load_params
 from emotion_pipeline.device import best_dtype, choose_device
-from emotion_pipeline.distributed import (
-    LogWeightsChecksum,
-    broadcast_from_rank0,
-    die_with_launcher,
-    run_torchrun,
-    torchrun_args,
-)
+from emotion_pipeline.distributed import LogWeightsChecksum, die_with_launcher, run_torchrun, torchrun_args
 from emotion_pipeline.errors import UserError, under_torchrun
 from emotion_pipeline.io import atomic_dir, write_json
+from emotion_pipeline.metrics import accuracy, macro_f1
 from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer, resolve_model, trainable_parameters
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
@@ -58,19 +47,19 @@ from emotion_pipeline.paths import (
     TRAINING_PARAMS_FILE,
 )
 from emotion_pipeline.prepared import read_prepared, write_labels
-from emotion_pipeline.train_log import LiveLogger, LogAtEpochEnd, mean_train_loss, open_live
+from emotion_pipeline.train_log import LiveLogger, LogAtEpochEnd, mean_train_loss
 
 log = logging.getLogger("train")
 
 
 def main() -> None:
     params = load_params()
-    model_cfg, lora_cfg, train_cfg, compute = params.model, params.lora, params.train, params.compute
+    model_cfg, train_cfg, compute = params.model, params.train, params.compute
     splits, labels = read_prepared(PREPARED_DIR)
     location = resolve_model(model_cfg.name)
 
-    # More than one process: hand over to torchrun, which runs this stage once per process. Params,
-    # data and model path were checked above, so a mistake is reported once, not by every process.
+    # Launch. More than one process: hand over to torchrun, which runs this stage once per process.
+    # Params, data and model path were checked above, so a mistake is reported once, not by every process.
     if not under_torchrun() and (launch := torchrun_args(compute, "stages", "train")):
         log.info("launching %d processes: torchrun %s", compute.nproc_per_node * compute.nnodes, " ".join(launch))
         run_torchrun(launch)
@@ -78,50 +67,99 @@ def main() -> None:
     if under_torchrun():
         die_with_launcher()
 
+    # Model: the base with a fresh classification head, seeded first (the head and LoRA matrices are random).
     device = choose_device(compute.device)
     dtype = best_dtype(device)
-    # Seed before the model is built: the new classification head and LoRA matrices are random.
     set_seed(train_cfg.seed)
     tokenizer = load_tokenizer(location, model_cfg.trust_remote_code, model_cfg.revision)
     model = load_classifier_base(location, model_cfg, labels, tokenizer.pad_token_id, dtype)
-    if lora_cfg.enabled:
-        model = add_lora(model, lora_cfg)
-    trainable, total = trainable_parameters(model)
+    if params.lora.enabled:
+        model = add_lora(model, params.lora)
 
-    def tokenize(frame):
-        dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
-        dataset = dataset.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=model_cfg.max_length),
-                              batched=True, remove_columns=["text"])
-        return dataset.rename_column("label", "labels")
+    # Data: tokenised once; each batch is padded to its own longest text by the collator below.
+    train_set, validation_set = (tokenized(splits[name], tokenizer, model_cfg.max_length) for name in ("train", "validation"))
 
-    train_set, validation_set = tokenize(splits["train"]), tokenize(splits["validation"])
+    # Trainer, resuming an interrupted run of the same params and data (a checkpoint resumes only on as
+    # many processes as wrote it: their data shards and RNG states).
+    args = training_arguments(train_cfg, compute, device, dtype)
+    train_params = params.model_dump(include={"model", "lora", "train"})
+    fingerprint = run_fingerprint({**train_params, "world_size": args.world_size}, PREPARED_DIR)
+    resume_from = resume_point(CHECKPOINT_DIR, fingerprint)
+    trainer = build_trainer(model, tokenizer, args, train_set, validation_set, train_cfg, labels,
+                            splits["train"]["label"].to_numpy())
+    if trainer.is_world_process_zero():
+        log_run_shape(trainer, model_cfg.name, device, dtype, train_cfg)
 
+    # Run. load_best_model_at_end: trainer.model then holds the epoch with the best validation macro-F1.
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    runtime = time.perf_counter() - started
+    # train.fit_class_bias: the kept epoch's validation logits (every rank takes part in predicting).
+    validation = trainer.predict(validation_set) if train_cfg.fit_class_bias else None
+
+    # Outputs, from global rank 0 only.
+    if trainer.is_world_process_zero():
+        class_bias, bias_record = (None, {}) if validation is None else \
+            fit_on_validation(np.asarray(validation.predictions), validation.label_ids, labels)
+        run_info = run_record(device, dtype, train_cfg, args.world_size, resume_from, runtime, result.metrics)
+        write_outputs(trainer, tokenizer, labels, train_params, class_bias, bias_record, run_info)
+        finish(CHECKPOINT_DIR, fingerprint)  # the adapter is safe; checkpoints only served crash recovery
+
+
+def build_trainer(model, tokenizer, args: TrainingArguments, train_set, validation_set, cfg: TrainConfig,
+                  labels: list[str], train_labels: np.ndarray) -> Trainer:
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),  # pad each batch to its own longest text
+        compute_metrics=lambda prediction: validation_metrics(prediction, labels),
+        # None when every lever is off: the model's own loss, exactly as the seed recipe trains.
+        compute_loss_func=rare_class_loss(cfg, train_labels, len(labels)),
+        callbacks=[LogAtEpochEnd(), LogWeightsChecksum(), MarkCheckpointComplete(), LiveLogger(TRAIN_LOG_DIR)]
+        + ([EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else []),
+    )
+
+
+def tokenized(frame, tokenizer, max_length: int) -> datasets.Dataset:
+    """A prepared split as token ids (no padding) and ``labels``, the column name the Trainer expects."""
+    dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
+    dataset = dataset.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+                          batched=True, remove_columns=["text"])
+    return dataset.rename_column("label", "labels")
+
+
+def training_arguments(cfg: TrainConfig, compute: ComputeConfig, device: torch.device, dtype: torch.dtype) -> TrainingArguments:
+    """The HF Trainer's settings for the train section: AdamW with linear warm-up and decay, an evaluation and
+    a checkpoint per epoch, the best epoch by validation macro-F1 kept at the end."""
     # Deterministic kernels: same params + data -> same weights. Some ops have no deterministic CUDA
     # kernel; on a GPU they warn (naming the op) rather than stop the run.
     deterministic_gpu = compute.deterministic and device.type == "cuda"
     if deterministic_gpu:
-        enable_full_determinism(train_cfg.seed, warn_only=True)
-    args = TrainingArguments(
+        enable_full_determinism(cfg.seed, warn_only=True)
+    return TrainingArguments(
         output_dir=str(CHECKPOINT_DIR),
-        learning_rate=train_cfg.lr,
-        per_device_train_batch_size=train_cfg.batch_size,
-        per_device_eval_batch_size=train_cfg.eval_batch_size,
-        gradient_accumulation_steps=train_cfg.gradient_accumulation_steps,
-        num_train_epochs=train_cfg.epochs,
-        warmup_steps=train_cfg.warmup_steps,
-        weight_decay=train_cfg.weight_decay,
+        learning_rate=cfg.lr,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.epochs,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
         lr_scheduler_type="linear",
-        seed=train_cfg.seed,
-        data_seed=train_cfg.seed,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
         full_determinism=compute.deterministic and not deterministic_gpu,
-        train_sampling_strategy="group_by_length" if train_cfg.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=2,  # the best and the latest epoch: enough to resume and to pick the best
         load_best_model_at_end=True,
         metric_for_best_model="macro_f1",
         greater_is_better=True,
-        logging_steps=train_cfg.logging_steps,
+        logging_steps=cfg.logging_steps,
         logging_first_step=True,
         bf16=dtype == torch.bfloat16,
         # On a CPU the Trainer syncs processes over gloo only when told it runs on the CPU.
@@ -131,53 +169,43 @@ def main() -> None:
         # kwargs, expecting a sum over tokens; a classifier's loss is already a mean, so the reported
         # and back-propagated loss would double on 2 processes. Off, each process's mean is averaged.
         average_tokens_across_devices=False,
-        report_to="none",  # dvclive is attached explicitly below, with dvcyaml=False
+        report_to="none",  # dvclive is attached explicitly (LiveLogger), with dvcyaml=False
         dataloader_num_workers=0,
     )
-    # From here on, in several processes, only global rank 0 writes: the fingerprint, the dvclive
-    # log, the adapter and the metrics. The Trainer saves checkpoints from rank 0 only, too.
-    writer = args.process_index == 0
-    global_batch = train_cfg.batch_size * args.world_size * train_cfg.gradient_accumulation_steps
-    if writer:
-        log.info("%s on %s (%s): %s of %s parameters trainable (%.2f%%)", model_cfg.name, device.type,
-                 str(dtype).removeprefix("torch."), f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-        log.info("global batch %d = %d per process x %d process(es) x %d accumulation step(s)", global_batch,
-                 train_cfg.batch_size, args.world_size, train_cfg.gradient_accumulation_steps)
 
-    train_params = params.model_dump(include={"model", "lora", "train"})
-    # A checkpoint resumes only on as many processes as wrote it: their data shards and RNG states.
-    fingerprint = run_fingerprint({**train_params, "world_size": args.world_size}, PREPARED_DIR)
-    resume_from = resumable_checkpoint(CHECKPOINT_DIR, fingerprint) if writer else None
-    resume_from = broadcast_from_rank0(resume_from)  # every rank resumes from the same checkpoint
 
-    live = open_live(TRAIN_LOG_DIR) if writer else None
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=validation_set,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),  # pad each batch to its own longest text
-        compute_metrics=lambda prediction: validation_metrics(prediction, labels),
-        # None when every lever is off: the model's own loss, exactly as the seed recipe trains.
-        compute_loss_func=rare_class_loss(train_cfg, splits["train"]["label"].to_numpy(), len(labels)),
-        callbacks=[LogAtEpochEnd(), LogWeightsChecksum(), MarkCheckpointComplete()]
-        + ([LiveLogger(live)] if writer else [])
-        + ([EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []),
-    )
+def global_batch_size(cfg: TrainConfig, processes: int) -> int:
+    """Examples per optimiser step, over every process."""
+    return cfg.batch_size * processes * cfg.gradient_accumulation_steps
 
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    runtime = time.perf_counter() - started
-    # The fitted-bias lever: validation logits of the kept epoch (every rank takes part in predicting).
-    class_bias = bias_check = None
-    if train_cfg.fit_class_bias:
-        validation = trainer.predict(validation_set)
-        class_bias, bias_check = cross_checked_class_bias(np.asarray(validation.predictions), validation.label_ids)
-    if not writer:
-        return
 
-    # load_best_model_at_end: trainer.model now holds the epoch with the best validation macro-F1.
+def run_record(device: torch.device, dtype: torch.dtype, cfg: TrainConfig, processes: int, resumed_from, runtime: float,
+               trainer_metrics: dict) -> dict:
+    """How the run was computed: metrics/train_run.json, apart from the reproducible scores (timings differ run to run)."""
+    return {
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "processes": processes,
+        "global_batch_size": global_batch_size(cfg, processes),
+        "resumed_from_step": step_of(resumed_from),
+        "runtime_s": round(runtime, 1),
+        "train_samples_per_second": round(trainer_metrics.get("train_samples_per_second", 0.0), 2),
+    }
+
+
+def log_run_shape(trainer: Trainer, name: str, device: torch.device, dtype: torch.dtype, cfg: TrainConfig) -> None:
+    trainable, total = trainable_parameters(trainer.model)
+    processes = trainer.args.world_size
+    log.info("%s on %s (%s): %s of %s parameters trainable (%.2f%%)", name, device.type, str(dtype).removeprefix("torch."),
+             f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    log.info("global batch %d = %d per process x %d process(es) x %d accumulation step(s)",
+             global_batch_size(cfg, processes), cfg.batch_size, processes, cfg.gradient_accumulation_steps)
+
+
+def write_outputs(trainer: Trainer, tokenizer, labels: list[str], train_params: dict, class_bias: np.ndarray | None,
+                  bias_record: dict, run_info: dict) -> None:
+    """Everything the stage writes (rank 0): the adapter of the best epoch, the headline and detailed
+    validation scores, and how the run was computed."""
     with atomic_dir(ADAPTER_DIR) as staging:
         trainer.model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -186,44 +214,24 @@ def main() -> None:
             write_class_bias(staging, class_bias, labels)
         (staging / TRAINING_PARAMS_FILE).write_text(json.dumps(train_params, indent=2, sort_keys=True) + "\n")
 
-    state = trainer.state
-    best = max((e for e in state.log_history if "eval_macro_f1" in e), key=lambda e: e["eval_macro_f1"])
+    history = trainer.state.log_history
+    best = max((entry for entry in history if "eval_macro_f1" in entry), key=lambda entry: entry["eval_macro_f1"])
+    trainable, total = trainable_parameters(trainer.model)
     summary = {
         "val_macro_f1": round(best["eval_macro_f1"], 6),
         "val_accuracy": round(best["eval_accuracy"], 6),
         "best_epoch": round(best["epoch"], 4),
         "best_step": best["step"],
-        "steps": state.global_step,
-        "train_loss": round(mean_train_loss(state.log_history), 6),
+        "steps": trainer.state.global_step,
+        "train_loss": round(mean_train_loss(history), 6),
         "trainable_params": trainable,
         "total_params": total,
+        **bias_record,
     }
-    if bias_check is not None:
-        summary["class_bias_check"] = bias_check
-        log.info("class bias %s: on held-out halves of validation it moves macro-F1 %.4f -> %.4f",
-                 "kept" if bias_check["kept"] else "not kept", bias_check["held_out_macro_f1_without"],
-                 bias_check["held_out_macro_f1_with"])
-    if class_bias is not None:
-        biased = validation_metrics(SimpleNamespace(predictions=validation.predictions + class_bias,
-                                                    label_ids=validation.label_ids), labels)
-        summary["class_bias"] = {name: round(float(value), 6) for name, value in zip(labels, class_bias)}
-        summary["val_macro_f1_with_bias"] = round(biased["macro_f1"], 6)
-        summary["val_accuracy_with_bias"] = round(biased["accuracy"], 6)
-        log.info("class bias fitted on validation: macro-F1 %.4f -> %.4f", best["eval_macro_f1"], biased["macro_f1"])
-    # The best validation scores are the headline; the whole summary is a plain output.
+    # The best validation scores are the headline (`dvc metrics show`); the whole summary is a plain output.
     write_json(TRAIN_METRICS, {key: summary[key] for key in ("val_macro_f1", "val_accuracy", "best_epoch")})
     write_json(TRAIN_DETAILS, summary)
-    # How the run was computed (timing differs run to run), apart from the reproducible summary above.
-    write_json(TRAIN_RUN_INFO, {
-        "device": device.type,
-        "dtype": str(dtype).removeprefix("torch."),
-        "processes": args.world_size,
-        "global_batch_size": global_batch,
-        "resumed_from_step": step_of(resume_from),
-        "runtime_s": round(runtime, 1),
-        "train_samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
-    })
-    finish(CHECKPOINT_DIR, fingerprint)  # the adapter is safe; checkpoints only served crash recovery
+    write_json(TRAIN_RUN_INFO, run_info)
     log.info("best validation macro-F1 %.4f at epoch %s; adapter saved to %s", best["eval_macro_f1"], best["epoch"], ADAPTER_DIR)
 
 
@@ -264,10 +272,9 @@ def validation_metrics(prediction, labels: list[str]) -> dict[str, float]:
     macro-F1 is lost, are visible per epoch and in `dvc plots diff` across experiments.
     """
     predicted = np.asarray(prediction.predictions).argmax(axis=-1)
-    class_ids = list(range(len(labels)))
-    per_class = f1_score(prediction.label_ids, predicted, labels=class_ids, average=None, zero_division=0)
+    per_class = f1_score(prediction.label_ids, predicted, labels=list(range(len(labels))), average=None, zero_division=0)
     return {
-        "accuracy": float(accuracy_score(prediction.label_ids, predicted)),
-        "macro_f1": float(f1_score(prediction.label_ids, predicted, labels=class_ids, average="macro", zero_division=0)),
+        "accuracy": accuracy(prediction.label_ids, predicted),
+        "macro_f1": macro_f1(prediction.label_ids, predicted, len(labels)),
         **{f"f1_{name}": float(score) for name, score in zip(labels, per_class)},
     }
