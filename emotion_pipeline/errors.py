@@ -21,6 +21,12 @@ class StageInterrupted(Exception):
         self.signum = signum
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, for a one-paragraph error; ``default`` (else the
+    exception's type name) when it has none. Library messages often run to many lines."""
+    return str(exc).splitlines()[0] if str(exc).strip() else (default or type(exc).__name__)
+
+
 def under_torchrun() -> bool:
     """True in a process that torchrun started (it sets TORCHELASTIC_RUN_ID for its workers)."""
     return "TORCHELASTIC_RUN_ID" in os.environ

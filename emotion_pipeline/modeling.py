@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from emotion_pipeline.config import LoraParams, ModelConfig
-from emotion_pipeline.errors import UserError
+from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.paths import BASE_MODELS_DIR
 from emotion_pipeline.prepared import read_labels
 from emotion_pipeline.sources import check_model_folder, not_local_either, resolve_source, warn_if_untracked
@@ -50,11 +50,10 @@ def resolve_model(name: str, key: str = "model.name") -> str:
 
 
 def _hub_error(location: str, exc: Exception, key: str = "model.name") -> UserError:
-    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if Path(location).exists():
-        return UserError(f"{key}: could not load the model in '{location}': {first_line}")
+        return UserError(f"{key}: could not load the model in '{location}': {first_line(exc)}")
     return UserError(
-        f"{key}: could not load '{location}' from the Hugging Face hub ({first_line}), and {not_local_either(location)}. "
+        f"{key}: could not load '{location}' from the Hugging Face hub ({first_line(exc)}), and {not_local_either(location)}. "
         f"Offline, fetch it on a connected machine (hf download {location} --local-dir <folder>), copy the folder here "
         f"and set {key} to it."
     )

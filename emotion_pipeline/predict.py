@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from emotion_pipeline.class_bias import config_bias
 from emotion_pipeline.device import choose_device
-from emotion_pipeline.errors import UserError
+from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.sources import check_model_folder, resolve_source
 
 ONNX_FILE = "model.onnx"  # the int8 model's graph (quantize stage, emotion_pipeline.int8)
@@ -75,6 +75,11 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
             logits = logits + bias
         probs[index] = softmax(logits, axis=-1)
     return probs
+
+
+def class_names(config) -> list[str]:
+    """A classifier's class names in class-id order (its config's id2label)."""
+    return [config.id2label[i] for i in range(config.num_labels)]
 
 
 class OnnxClassifier:
@@ -121,8 +126,7 @@ def load_exported(model_dir: str, device: str = "auto"):
         tokenizer = AutoTokenizer.from_pretrained(str(location))
         model = AutoModelForSequenceClassification.from_pretrained(str(location), use_safetensors=True)
     except (OSError, ValueError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"model folder: could not load '{model_dir}' ({first_line}). Give the folder written by the "
+        raise UserError(f"model folder: could not load '{model_dir}' ({first_line(exc)}). Give the folder written by the "
                         f"export stage, e.g. models/export.") from None
     model.to(choose_device(device, key="--device")).eval()
     return model, tokenizer
@@ -136,7 +140,7 @@ def load_classifier(model_dir: str, device: str = "auto", batch_size: int = 64, 
         classify(["i feel so happy today"])  # [{'label': 'joy', 'score': 0.98}]
     """
     model, tokenizer = load_exported(model_dir, device)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    labels = class_names(model.config)
 
     def classify(texts: str | list[str], top_k: int = 1) -> list:
         probs = predict_proba(model, tokenizer, [texts] if isinstance(texts, str) else list(texts), batch_size, max_length)
@@ -171,8 +175,8 @@ def read_texts(args: argparse.Namespace) -> Iterator[tuple[int, str]]:
         if args.column not in frame.columns:
             raise UserError(f"{path}: no column '{args.column}' (it has: {', '.join(map(str, frame.columns))}); "
                             f"name the text column with --column.")
-        first_line = 2 if path.suffix == ".csv" else 1  # a CSV's line 1 is its header
-        yield from ((first_line + i, "" if value is None else str(value)) for i, value in enumerate(frame[args.column]))
+        first_number = 2 if path.suffix == ".csv" else 1  # a CSV's line 1 is its header
+        yield from ((first_number + i, "" if value is None else str(value)) for i, value in enumerate(frame[args.column]))
         return
     with path.open(encoding="utf-8-sig") as handle:
         yield from _lines(handle)
@@ -220,7 +224,7 @@ def run(args: argparse.Namespace) -> None:
     if not kept:
         raise UserError("no text to classify: the input is empty or holds only empty texts.")
     model, tokenizer = load_exported(args.model_dir, args.device)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    labels = class_names(model.config)
     probs = predict_proba(model, tokenizer, [text for _, text in kept], args.batch_size, progress=args.file is not None)
     for (number, text), row in zip(kept, probs):
         best = int(row.argmax())

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from emotion_pipeline.config import DataConfig
-from emotion_pipeline.errors import UserError
+from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.paths import RAW_DATA_DIR
 from emotion_pipeline.prepared import SPLITS
 from emotion_pipeline.sources import not_local_either, resolve_source, warn_if_untracked
@@ -49,7 +49,7 @@ def load_hub_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
     except Exception as exc:  # the hub raises many types: connection, auth, missing repo
         raise UserError(
             f"data.source: could not load '{cfg.source}' from the Hugging Face hub ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}), and {not_local_either(cfg.source)}. Offline, set data.source to a local folder "
+            f"{first_line(exc, 'no detail')}), and {not_local_either(cfg.source)}. Offline, set data.source to a local folder "
             f"with train/validation/test files, for example ../shared/data/emotion."
         ) from None
     splits = {}
