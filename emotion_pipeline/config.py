@@ -132,6 +132,9 @@ class ComputeConfig(Section):
     rdzv_endpoint: str = Field("127.0.0.1:29400", pattern=r"^[^:\s]+:\d+$", description="host:port where the "
                                "processes of a multi-node run meet (torchrun --rdzv-endpoint); unused on one machine.",
                                json_schema_extra=NO_RESULT_EFFECT)
+    rdzv_timeout_s: int = Field(600, gt=0, description="Seconds the nodes of a multi-node run wait at compute.rdzv_endpoint "
+                                "for each other (torchrun's rendezvous join_timeout) before giving up with a message "
+                                "naming what is missing; unused on one machine.", json_schema_extra=NO_RESULT_EFFECT)
 
 
 class EvaluateConfig(Section):
