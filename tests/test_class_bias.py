@@ -24,7 +24,6 @@ from emotion_pipeline.class_bias import (
 )
 from emotion_pipeline.errors import run_stage
 
-
 CLASSES = ["a", "b", "c"]  # three classes keep the coordinate search (and the test) fast
 
 
