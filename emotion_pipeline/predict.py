@@ -96,8 +96,7 @@ class OnnxClassifier:
             self.session = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=["SkipLayerNormFusion"])
         except Exception as exc:  # onnxruntime's load errors share no base class beyond Exception
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"model folder: could not load the ONNX model {folder / ONNX_FILE} ({first_line}). Give the "
+            raise UserError(f"model folder: could not load the ONNX model {folder / ONNX_FILE} ({first_line(exc)}). Give the "
                             f"folder written by the quantize stage, e.g. models/int8, complete.") from None
         self.config = AutoConfig.from_pretrained(folder)
 
