@@ -37,6 +37,9 @@ WATCHED_C10D = "c10d-emotion-watched"  # torch's c10d rendezvous, registered und
 REPORT_EVERY_S = 30  # while the nodes gather, how often the wait is reported
 RESOLVE_TIMEOUT_S = 10
 PARENT_POLL_S = 0.5
+# Shells that may stand between dvc and this process: DVC runs a stage's cmd as `$SHELL -c cmd`
+# (`/bin/sh -c` where SHELL is unset), and dash, unlike bash, does not exec its last command.
+WRAPPER_SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"})
 
 
 def torchrun_args(cfg: ComputeConfig, module: str, *module_args: str) -> list[str] | None:
@@ -284,6 +287,7 @@ class _Watch(threading.Thread):
         super().__init__(name="emotion-launch-watch", daemon=True)
         self.meeting = meeting
         self.parent = os.getppid()
+        self.starters = _starters()
         self._done = threading.Event()
 
     def stop(self) -> None:
@@ -296,8 +300,9 @@ class _Watch(threading.Thread):
         last: int | None = None
         reported = False
         while not self._done.wait(PARENT_POLL_S):
-            if os.getppid() != self.parent:
-                log.warning("the process that started this stage (pid %d) has ended: stopping training", self.parent)
+            ended = self.parent if os.getppid() != self.parent else _first_ended(self.starters)
+            if ended is not None:
+                log.warning("the process that started this stage (pid %d) has ended: stopping training", ended)
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             if not gathering:
@@ -324,6 +329,45 @@ class _Watch(threading.Thread):
                 next_report = now + REPORT_EVERY_S
                 reported = True
             last = count
+
+
+def _starters() -> list:
+    """This process's parent and, through any `sh -c` wrappers, the program that started the stage (dvc).
+
+    The parent alone is not enough: under `sh -c` (dash keeps running while its command runs) the
+    parent is the shell, which outlives a killed dvc and waits for this process forever.
+    """
+    import psutil  # installed with accelerate, which the Trainer needs
+
+    starters = []
+    try:
+        process = psutil.Process(os.getppid())
+        while process is not None and process.pid > 1:
+            starters.append(process)
+            command = process.cmdline()
+            if process.name() not in WRAPPER_SHELLS or "-c" not in command[1:]:
+                break  # not a wrapper shell: the starter itself (dvc, a terminal's shell, a scheduler)
+            process = process.parent()
+    except psutil.Error:
+        pass  # an ancestor this user cannot see, or one that ended meanwhile: watch those seen so far
+    return starters
+
+
+def _first_ended(processes: list) -> int | None:
+    """The pid of the first of ``processes`` that has ended, else None.
+
+    Ended: gone, its pid reused (psutil compares start times) or a zombie (dead, not yet reaped
+    by its own parent, as dvc is between a SIGTERM and its caller's wait).
+    """
+    import psutil
+
+    for process in processes:
+        try:
+            if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+                return process.pid
+        except psutil.Error:
+            return process.pid
+    return None
 
 
 def _resolve(host: str) -> str | None:
@@ -365,7 +409,7 @@ def _port_in_use(port: int) -> bool:
 
 def _listener(port: int):
     """The psutil.Process listening on ``port``, or None when this user cannot see it."""
-    import psutil  # installed with accelerate, which the Trainer needs
+    import psutil
 
     try:
         pids = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr

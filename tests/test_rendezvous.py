@@ -30,8 +30,8 @@ TWO_NODES = {"compute": {"nnodes": 2}, "train": {"batch_size": 4}}
 class Streamed:
     """A command whose output lines are collected, each with the monotonic time it arrived."""
 
-    def __init__(self, args: list[str], cwd: Path):
-        self.process = subprocess.Popen(args, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
+    def __init__(self, args: list[str], cwd: Path, env: dict | None = None):
+        self.process = subprocess.Popen(args, cwd=cwd, env=env or subprocess_env(), stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -76,8 +76,12 @@ class Streamed:
         self.process.wait(timeout=30)
 
 
-def dvc_repro(project: Path, *targets: str) -> Streamed:
-    return Streamed([sys.executable, "-m", "dvc", "repro", *targets], project)
+def dvc_repro(project: Path, *targets: str, shell: str | None = None) -> Streamed:
+    """`dvc repro`; ``shell``: the $SHELL dvc runs each stage's cmd with (`$SHELL -c cmd`)."""
+    env = subprocess_env()
+    if shell is not None:
+        env["SHELL"] = shell
+    return Streamed([sys.executable, "-m", "dvc", "repro", *targets], project, env)
 
 
 def no_process_left(project: Path, within: float) -> None:
@@ -211,10 +215,18 @@ def test_a_foreign_listener_on_the_port_fails_within_seconds(nodes_project):
 
 
 @pytest.mark.slow
-def test_sigterm_to_dvc_while_waiting_ends_the_launcher(nodes_project):
-    """SIGTERM to dvc alone (as `timeout` or a scheduler sends it): the stage's launcher must not live on."""
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_sigterm_to_dvc_while_waiting_ends_the_launcher(nodes_project, shell):
+    """SIGTERM to dvc alone (as `timeout` or a scheduler sends it): the stage's launcher must not live on.
+
+    Under both shells dvc may run the cmd with: bash execs the command, so the launcher's parent
+    is dvc; dash (/bin/sh on Debian, what dvc uses where SHELL is unset) stays as the parent and
+    outlives dvc.
+    """
+    if not Path(shell).exists():
+        pytest.skip(f"{shell} is not on this machine")
     project, port = nodes_project
-    head = dvc_repro(project, "train")
+    head = dvc_repro(project, "train", shell=shell)
     try:
         head.when("1 of 2 nodes joined", timeout=300)
         launchers = [p for p in processes_in(project) if "stages" in " ".join(p.cmdline())]
