@@ -35,6 +35,8 @@ from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.sources import check_model_folder, resolve_source
 
 ONNX_FILE = "model.onnx"  # the int8 model's graph (quantize stage, emotion_pipeline.int8)
+# Beside it, the ONNX Runtime session config entries that graph is built for (emotion_pipeline.int8 writes them).
+SESSION_OPTIONS_FILE = "onnxruntime_session.json"
 
 
 @torch.inference_mode()
@@ -92,9 +94,14 @@ class OnnxClassifier:
         import onnxruntime as ort
 
         try:
-            # Residual add + LayerNorm fused into one op runs ~3.5x slower than the two on CPU (emotion_pipeline.int8.fuse).
-            self.session = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=["SkipLayerNormFusion"])
+            # The session options the graph was built for, as the quantize stage wrote them beside it
+            # (a folder without the file gets ONNX Runtime's defaults).
+            options = ort.SessionOptions()
+            if (folder / SESSION_OPTIONS_FILE).is_file():
+                settings = json.loads((folder / SESSION_OPTIONS_FILE).read_text(encoding="utf-8"))
+                for key, value in settings["session_config_entries"].items():
+                    options.add_session_config_entry(key, value)
+            self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's load errors share no base class beyond Exception
             raise UserError(f"model folder: could not load the ONNX model {folder / ONNX_FILE} ({first_line(exc)}). Give the "
                             f"folder written by the quantize stage, e.g. models/int8, complete.") from None

