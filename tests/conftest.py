@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,12 @@ def save_classifier(base: Path | str, out: Path, labels: list[str] = LABELS, hea
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_model: Path, tmp_path_factory) -> Path:
+    """save_classifier(tiny_model) once per session: a six-class folder like models/export. Read it, never change it."""
+    return save_classifier(tiny_model, tmp_path_factory.mktemp("tiny-classifier") / "export")
+
+
 def tiny_params(data_dir: Path, model_dir: Path) -> dict:
     """Overrides that make the real pipeline run in seconds on the tiny model and data."""
     return {
@@ -168,6 +175,42 @@ def copy_project(dest: Path, overrides: dict | None = None) -> Path:
 def project(tmp_path: Path, small_data: Path, tiny_model: Path) -> Path:
     """A fresh project copy configured for the tiny model and 300-row data."""
     return copy_project(tmp_path / "project", tiny_params(small_data, tiny_model))
+
+
+def hashseed_env(seed: int) -> dict[str, str]:
+    """The subprocess environment with a fixed PYTHONHASHSEED (two runs under different ones must agree)."""
+    return {**subprocess_env(), "PYTHONHASHSEED": str(seed)}
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A project copy after one `dvc repro` from scratch, and what that repro printed."""
+
+    path: Path
+    repro: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, small_data: Path, tiny_model: Path) -> FinishedRun:
+    """The tiny project (tiny_params, every stage) after one `dvc repro` from scratch under PYTHONHASHSEED=1.
+
+    One run for the whole session: the tests that only read its outputs take it as it is; a test that
+    changes a project works on copy_finished(), a private copy. Nothing may write into this one.
+    """
+    project = copy_project(tmp_path_factory.mktemp("finished") / "project", tiny_params(small_data, tiny_model))
+    return FinishedRun(project, run(["dvc", "repro"], project, env=hashseed_env(1)))
+
+
+@pytest.fixture(scope="session")
+def finished_project(finished_run: FinishedRun) -> Path:
+    """The shared finished tiny project (see finished_run): read it, never change it."""
+    return finished_run.path
+
+
+def copy_finished(source: Path, dest: Path) -> Path:
+    """A private copy of a finished project, for a test that changes it: workspace, outputs, git history and DVC cache."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
 
 
 def run(args: list[str], cwd: Path, check: bool = True, timeout: int = 900,

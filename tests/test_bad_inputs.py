@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BAD_PARAMS, SPLIT_FILES, copy_project, run_stage, set_params, tiny_params, workdir
+from conftest import BAD_PARAMS, SPLIT_FILES, copy_project, run_stage, save_classifier, set_params, tiny_params, workdir
 
 from emotion_pipeline import errors
-
-LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 
 @dataclass
@@ -64,6 +62,7 @@ def test_bad_params_stop_the_stage(tmp_path, small_data, tiny_model, stage_in, o
     assert not (folder / "data" / "prepared").exists()
 
 
+@pytest.mark.slow
 def test_bad_params_stop_the_real_stage_process(tmp_path, small_data, tiny_model):
     project = copy_project(tmp_path / "p", tiny_params(small_data, tiny_model))
     set_params(project, {"train": {"lrr": 1e-4}})
@@ -162,13 +161,8 @@ def test_train_test_overlap_is_reported_not_fatal(data_project, stage_in):
 @pytest.fixture(scope="session")
 def three_class_model(tiny_model, tmp_path_factory) -> Path:
     """The tiny model saved as a classifier with a 3-class head, as a fine-tuned checkpoint would be."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("three-class") / "model"
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
-    return out
+    # transformers' own names for a head of 3 given no names (LABEL_0..LABEL_2).
+    return save_classifier(tiny_model, tmp_path_factory.mktemp("three-class") / "model", labels=[f"LABEL_{i}" for i in range(3)])
 
 
 def _not_a_model(tmp_path: Path, request) -> str:
@@ -215,6 +209,7 @@ def test_bad_model_stops_train_before_training(tmp_path, small_data, tiny_model,
     assert not (folder / "metrics" / "train.json").exists()
 
 
+@pytest.mark.slow
 def test_bad_model_stops_the_real_train_process(tmp_path, small_data, tiny_model):
     project = copy_project(tmp_path / "p", tiny_params(small_data, tiny_model))
     run_stage(project, "prepare", check=True)

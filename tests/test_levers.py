@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import set_params, tiny_params, workdir
+from conftest import LABELS, save_classifier, set_params, tiny_params, workdir
 
 from emotion_pipeline.config import TrainConfig
 from emotion_pipeline.errors import UserError, run_stage
@@ -85,6 +85,7 @@ def train_adapter(folder, train_overrides: dict) -> bytes:
     return (folder / "models/adapter/adapter_model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_levers_off_train_the_seed_recipe_to_the_same_bytes_and_on_change_it(stage_folder):
     """On the tiny Qwen3: explicit 'off' values are the default recipe, byte for byte; the levers on change the weights."""
     default = train_adapter(stage_folder, {})
@@ -133,16 +134,15 @@ def test_the_bias_is_kept_only_if_it_helps_on_held_out_halves():
     assert bias is None and not check["kept"]
 
 
-def test_the_bias_travels_with_a_qwen3_export_and_every_predict_path_applies_it(tiny_model, tmp_path):
+def test_the_bias_travels_with_a_qwen3_export_and_every_predict_path_applies_it(tiny_classifier, tmp_path):
     """Qwen3's score layer has no bias parameter: the bias goes into config.json, which predict_proba applies."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from emotion_pipeline.class_bias import CONFIG_KEY, apply_class_bias, shift_probs
     from emotion_pipeline.predict import predict_proba
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=6).eval()
-    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).eval()
     texts = ["i feel happy", "this is scary", "i am so angry at them"]
     plain = predict_proba(model, tokenizer, texts)
     bias = np.array([0, 0, 0, 50.0, 0, 0])
@@ -163,18 +163,17 @@ def test_the_bias_goes_into_a_bert_head_so_even_transformers_pipeline_applies_it
 
     from emotion_pipeline.class_bias import CONFIG_KEY, apply_class_bias
 
-    labels = ["sadness", "joy", "love", "anger", "fear", "surprise"]
-    source = gt_minilm.get_model_path()
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=6, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    classifier = save_classifier(gt_minilm.get_model_path(), tmp_path / "classifier", labels=LABELS)
+    model = AutoModelForSequenceClassification.from_pretrained(classifier)
     apply_class_bias(model, np.array([0, 0, 0, 0, 0, 50.0]))
     model.save_pretrained(tmp_path / "export")
-    AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path / "export")
+    AutoTokenizer.from_pretrained(classifier).save_pretrained(tmp_path / "export")
     assert CONFIG_KEY not in (tmp_path / "export" / "config.json").read_text()  # in the weights, not the config
     classify = pipeline("text-classification", model=str(tmp_path / "export"), device="cpu")
     assert {result["label"] for result in classify(["i feel happy", "this is scary"])} == {"surprise"}
 
 
+@pytest.mark.slow
 def test_the_bias_lever_on_the_tiny_pipeline(stage_folder):
     """train fits the bias and keeps it only if it generalises; evaluate and export apply a stored one."""
     import json
@@ -213,6 +212,7 @@ def test_the_bias_lever_on_the_tiny_pipeline(stage_folder):
 # --------------------------------------------------------------------------- full fine-tuning
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen3", "bert"])
 def test_full_fine_tuning_trains_every_weight_and_the_later_stages_take_the_whole_model(stage_folder, tiny_model, arch):
     """lora.enabled false: no adapter; every weight of the model moves, and evaluate and export load the

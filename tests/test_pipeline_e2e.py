@@ -1,5 +1,9 @@
 """End to end: the real `dvc repro` on a tiny Qwen3 and 300 rows of the real data, then the
-experiment workflow a user runs: no-op repro, `dvc exp run -S`, `dvc metrics show/diff`, plots."""
+experiment workflow a user runs: no-op repro, `dvc exp run -S`, `dvc metrics show/diff`, plots.
+
+The first repro is the session's shared finished project (conftest.finished_run), only read here;
+the workflow after it changes a project, so it runs on a private copy of that finished project.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,17 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
-from conftest import run, stages_run, subprocess_env
+from conftest import LABELS, FinishedRun, copy_finished, run, stages_run, subprocess_env
 from huggingface_hub import ModelCard
 from transformers import pipeline
+
+pytestmark = pytest.mark.slow
 
 HEADLINE_KEYS = {"accuracy", "macro_f1", "weighted_f1", "ece"}
 METRIC_KEYS = HEADLINE_KEYS | {"examples", "macro_precision", "macro_recall", "weighted_precision", "weighted_recall",
                                "per_class"}
-LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 
 def declared_outputs(project: Path) -> list[Path]:
@@ -83,9 +89,9 @@ def run_with_input(args: list[str], cwd: Path, stdin: str) -> str:
     return result.stdout
 
 
-def test_pipeline_end_to_end(project: Path) -> None:
+def test_pipeline_end_to_end(finished_run: FinishedRun) -> None:
     # 1. The whole DAG runs and writes every declared output.
-    first = run(["dvc", "repro"], project)
+    project, first = finished_run.path, finished_run.repro
     assert stages_run(first.stdout) == {"prepare", "train", "evaluate", "export", "quantize", "baseline"}
     for output in declared_outputs(project):
         assert output.exists(), f"declared output missing: {output}"
@@ -158,6 +164,10 @@ def test_pipeline_end_to_end(project: Path) -> None:
     # 4. Nothing changed: a second repro runs no stage.
     second = run(["dvc", "repro"], project)
     assert stages_run(second.stdout) == set(), second.stdout
+
+
+def test_experiment_workflow_after_the_first_run(finished_project: Path, tmp_path: Path) -> None:
+    project = copy_finished(finished_project, tmp_path / "project")
 
     # 4b. An edit to a raw-format reader that leaves the prepared data as it was re-runs prepare
     # only: train, evaluate, export and baseline see unchanged inputs and stay cached.

@@ -12,27 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
+from conftest import LABELS, subprocess_env
 
 from emotion_pipeline.predict import main
 
-LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
-
 
 @pytest.fixture(scope="session")
-def exported(tiny_model, tmp_path_factory) -> Path:
-    """A merged six-class classifier folder, like models/export."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("export") / "export"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model, num_labels=6, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+def exported(tiny_classifier) -> Path:
+    """A merged six-class classifier folder, like models/export (conftest's save_classifier on the tiny Qwen3)."""
+    return tiny_classifier
 
 
 def predict(capsys, *args: str) -> tuple[int, list[dict], str]:
