@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -30,6 +31,16 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
 def under_torchrun() -> bool:
     """True in a process that torchrun started (it sets TORCHELASTIC_RUN_ID for its workers)."""
     return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def run_command(body: Callable[[], object]) -> None:
+    """Run a command-line tool's body (predict, compare, aggregate): a UserError ends it as a stage's
+    does, one `error: ...` paragraph on stderr and exit 2."""
+    try:
+        body()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_stage(module: str) -> None:

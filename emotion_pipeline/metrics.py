@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (
@@ -92,19 +94,27 @@ def predictions_table(texts: list[str], y_true: np.ndarray, probs: np.ndarray, l
     })
 
 
-def quality_report(metrics: dict, table: pd.DataFrame, labels: list[str], top_mistakes: int, title: str) -> str:
-    """Markdown an engineer reads to decide what to try next."""
+def quality_report(metrics: dict, table: pd.DataFrame, labels: list[str], top_mistakes: int, title: str,
+                   sections: Sequence[str] = ()) -> str:
+    """Markdown an engineer reads to decide what to try next.
+
+    With ``metrics["intervals"]`` (emotion_pipeline.uncertainty.score_intervals) every score is shown with
+    its bootstrap interval; ``sections`` (markdown lines) go after the per-class table.
+    """
     y_true = table["actual"].map({name: i for i, name in enumerate(labels)}).to_numpy()
     y_pred = table["predicted"].map({name: i for i, name in enumerate(labels)}).to_numpy()
+    intervals = metrics.get("intervals")
     lines = [
         f"# {title}",
         "",
         f"{metrics['examples']} test examples: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
         f"weighted-F1 {metrics['weighted_f1']:.4f}, expected calibration error {metrics['ece']:.4f}.",
+        *(["", interval_summary(metrics, intervals)] if intervals else []),
         "",
         "## Per class",
         "",
-        *per_class_table(metrics["per_class"]),
+        *per_class_table(metrics["per_class"], intervals["per_class_f1"] if intervals else None),
+        *sections,
     ]
     matrix = confusion(y_true, y_pred, labels)
     lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
@@ -120,12 +130,39 @@ def quality_report(metrics: dict, table: pd.DataFrame, labels: list[str], top_mi
     return "\n".join(lines) + "\n"
 
 
-def per_class_table(per_class: dict) -> list[str]:
-    """The markdown lines of a per-class precision / recall / F1 / support table (quality report, model card)."""
-    lines = ["| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
-              for name, s in per_class.items()]
+def per_class_table(per_class: dict, f1_intervals: dict | None = None) -> list[str]:
+    """The markdown lines of a per-class precision / recall / F1 / support table (quality report, model card);
+    with ``f1_intervals`` ({class: [low, high]}), each F1 with its interval."""
+    if f1_intervals is None:
+        lines = ["| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
+                  for name, s in per_class.items()]
+        return lines
+    lines = ["| class | precision | recall | F1 [interval] | support |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {with_interval(s['f1'], f1_intervals[name])} | "
+              f"{s['support']} |" for name, s in per_class.items()]
     return lines
+
+
+def format_interval(bounds: list[float], signed: bool = False) -> str:
+    """``[0.8790, 0.9050]``: an interval as reports and the model card print it (``signed``: ``[-0.0100, +0.0050]``)."""
+    spec = "+.4f" if signed else ".4f"
+    return f"[{bounds[0]:{spec}}, {bounds[1]:{spec}}]"
+
+
+def with_interval(value: float, bounds: list[float]) -> str:
+    """``0.8920 [0.8790, 0.9050]``: a score followed by its interval."""
+    return f"{value:.4f} {format_interval(bounds)}"
+
+
+def interval_summary(metrics: dict, intervals: dict) -> str:
+    """The quality report's sentence on how sure its headline scores are."""
+    settings = intervals["bootstrap"]
+    scores = ", ".join(f"{title} {with_interval(metrics[key], intervals[key])}"
+                       for key, title in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1")))
+    return (f"{settings['confidence']:.0%} bootstrap intervals ({settings['resamples']} resamples of the test examples, "
+            f"seed {settings['seed']}): {scores}. Another run's scores inside these bounds are no evidence of a "
+            "difference by themselves: compare two runs on the same texts with `python -m emotion_pipeline.compare A B`.")
 
 
 def _rounded(value):

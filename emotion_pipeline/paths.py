@@ -29,6 +29,7 @@ TEST_DETAILS = Path("metrics/test_details.json")  # every score: precision, reca
 CLASSIFICATION_REPORT = Path("metrics/classification_report.txt")
 PREDICTIONS = Path("metrics/predictions.csv")  # one row per test text; the confusion-matrix plot
 QUALITY_REPORT = Path("metrics/quality_report.md")
+VS_BASELINE = Path("metrics/test_vs_baseline.json")  # the fine-tune against the baseline, paired on the same test texts
 
 # export
 EXPORT_DIR = Path("models/export")  # merged model, loads with transformers alone
@@ -44,3 +45,4 @@ BASELINE_METRICS = Path("metrics/baseline.json")  # same headline keys as TEST_M
 BASELINE_DETAILS = Path("metrics/baseline_details.json")  # same keys as TEST_DETAILS
 BASELINE_CHOICE = Path("metrics/baseline_choice.json")  # the validation search: every candidate and the one chosen
 BASELINE_QUALITY_REPORT = Path("metrics/baseline_quality_report.md")
+BASELINE_PREDICTIONS = Path("metrics/baseline_predictions.csv")  # one row per test text, the columns of PREDICTIONS

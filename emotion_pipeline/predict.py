@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from emotion_pipeline.class_bias import config_bias
 from emotion_pipeline.device import choose_device
-from emotion_pipeline.errors import UserError, first_line
+from emotion_pipeline.errors import UserError, first_line, run_command
 from emotion_pipeline.sources import check_model_folder, resolve_source
 
 ONNX_FILE = "model.onnx"  # the int8 model's graph (quantize stage, emotion_pipeline.int8)
@@ -209,11 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ... (default: auto)")
     args = parser.parse_intermixed_args(argv)  # options may come before or after the texts
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_command(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> None:

@@ -5,7 +5,10 @@ Reads params sections: baseline, metrics.
 The story: fit every combination of the baseline's search space (n-gram range, C, class weighting,
 sublinear tf) on train, score each by macro-F1 on validation, keep the best, and only then score
 it on test, with the same metric code as evaluate, so the two files have the same keys and sit
-side by side in `dvc metrics show` and `dvc exp show`. Test never takes part in the choice.
+side by side in `dvc metrics show` and `dvc exp show`, with the same bootstrap intervals in the
+details file. Test never takes part in the choice. The per-text predictions
+(metrics/baseline_predictions.csv, the columns of evaluate's predictions.csv) let evaluate and
+`python -m emotion_pipeline.compare --baseline` set the fine-tune against the baseline text by text.
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ from emotion_pipeline.metrics import (
     predictions_table,
     quality_report,
 )
-from emotion_pipeline.paths import BASELINE_CHOICE, BASELINE_DETAILS, BASELINE_METRICS, BASELINE_QUALITY_REPORT, PREPARED_DIR
+from emotion_pipeline.paths import (
+    BASELINE_CHOICE,
+    BASELINE_DETAILS,
+    BASELINE_METRICS,
+    BASELINE_PREDICTIONS,
+    BASELINE_QUALITY_REPORT,
+    PREPARED_DIR,
+)
 from emotion_pipeline.prepared import read_prepared
+from emotion_pipeline.uncertainty import score_intervals
 
 log = logging.getLogger("baseline")
 
@@ -58,14 +69,18 @@ def main() -> None:
     probs = _full_proba(classifier.predict_proba(test["text"]), classifier.classes_, len(labels))
 
     y_true = test["label"].to_numpy()
-    metrics = classification_metrics(y_true, probs, labels, params.metrics.calibration_bins)
+    scoring = params.metrics
+    metrics = classification_metrics(y_true, probs, labels, scoring.calibration_bins)
+    metrics["intervals"] = score_intervals(y_true, probs.argmax(axis=1), labels, scoring.bootstrap_resamples,
+                                           scoring.confidence, scoring.bootstrap_seed)
     write_json(BASELINE_METRICS, headline(metrics))
     write_json(BASELINE_DETAILS, metrics)
     write_json(BASELINE_CHOICE, {"chosen": chosen, "validation_macro_f1": best["validation_macro_f1"],
                                  "validation_accuracy": best["validation_accuracy"], "candidates": candidates})
     table = predictions_table(test["text"].tolist(), y_true, probs, labels)
+    write_text(BASELINE_PREDICTIONS, table.to_csv(index=False))
     title = f"Test quality of the TF-IDF baseline ({describe(chosen)}, chosen on validation)"
-    write_text(BASELINE_QUALITY_REPORT, quality_report(metrics, table, labels, params.metrics.top_mistakes, title))
+    write_text(BASELINE_QUALITY_REPORT, quality_report(metrics, table, labels, scoring.top_mistakes, title))
     log.info("chose %s (validation macro-F1 %.4f); test accuracy %.4f, macro-F1 %.4f",
              describe(chosen), best["validation_macro_f1"], metrics["accuracy"], metrics["macro_f1"])
 

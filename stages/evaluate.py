@@ -1,11 +1,21 @@
 """evaluate: adapter + test split -> metrics/test.json, classification report, predictions, quality report.
 
 Reads params sections: model (to load the base under the adapter), evaluate, metrics, compute.device.
+
+The story: predict the test split, score it, put a bootstrap interval beside every score (how much
+the score would move on another sample of test texts), and set the fine-tune against the TF-IDF
+baseline on the very same texts (metrics/baseline_predictions.csv, a dep: baseline runs first), so
+the quality report says whether the fine-tune is better, and by how much, with a paired interval and
+McNemar's p. The comparison has a file of its own, metrics/test_vs_baseline.json, not in
+test_details.json: export and quantize read test_details.json, so a change to the baseline alone
+re-runs evaluate, and export and quantize find their inputs unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+
+import pandas as pd
 
 from emotion_pipeline.class_bias import carry_stored_bias
 from emotion_pipeline.config import load_params
@@ -21,15 +31,18 @@ from emotion_pipeline.metrics import (
 from emotion_pipeline.modeling import load_adapter_model, merged
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
+    BASELINE_PREDICTIONS,
     CLASSIFICATION_REPORT,
     PREDICTIONS,
     PREPARED_DIR,
     QUALITY_REPORT,
     TEST_DETAILS,
     TEST_METRICS,
+    VS_BASELINE,
 )
 from emotion_pipeline.predict import predict_proba
 from emotion_pipeline.prepared import read_prepared
+from emotion_pipeline.uncertainty import comparison_section, paired_comparison, paired_labels, score_intervals
 
 log = logging.getLogger("evaluate")
 
@@ -48,13 +61,41 @@ def main() -> None:
     carry_stored_bias(model, ADAPTER_DIR)  # train.fit_class_bias: predicted with, as the export will
     probs = predict_proba(model, tokenizer, test["text"].tolist(), cfg.batch_size, params.model.max_length)
 
-    y_true = test["label"].to_numpy()
-    metrics = classification_metrics(y_true, probs, labels, params.metrics.calibration_bins)
+    y_true, y_pred = test["label"].to_numpy(), probs.argmax(axis=1)
+    scoring = params.metrics
+    metrics = classification_metrics(y_true, probs, labels, scoring.calibration_bins)
+    metrics["intervals"] = score_intervals(y_true, y_pred, labels, scoring.bootstrap_resamples, scoring.confidence,
+                                           scoring.bootstrap_seed)
     table = predictions_table(test["text"].tolist(), y_true, probs, labels)
+    versus, section = against_baseline(table, labels, scoring)
 
     write_json(TEST_METRICS, headline(metrics))
     write_json(TEST_DETAILS, metrics)
-    write_text(CLASSIFICATION_REPORT, report_text(y_true, probs.argmax(axis=1), labels))
+    write_json(VS_BASELINE, versus)
+    write_text(CLASSIFICATION_REPORT, report_text(y_true, y_pred, labels))
     write_text(PREDICTIONS, table.to_csv(index=False))
-    write_text(QUALITY_REPORT, quality_report(metrics, table, labels, params.metrics.top_mistakes, f"Test quality of {params.model.name} + LoRA"))
-    log.info("test accuracy %.4f, macro-F1 %.4f, ECE %.4f", metrics["accuracy"], metrics["macro_f1"], metrics["ece"])
+    write_text(QUALITY_REPORT, quality_report(metrics, table, labels, scoring.top_mistakes,
+                                              f"Test quality of {params.model.name} + LoRA", section))
+    log.info("test accuracy %.4f, macro-F1 %.4f %s, ECE %.4f", metrics["accuracy"], metrics["macro_f1"],
+             metrics["intervals"]["macro_f1"], metrics["ece"])
+
+
+def against_baseline(table: pd.DataFrame, labels: list[str], scoring) -> tuple[dict, list[str]]:
+    """The fine-tune (B) against the TF-IDF baseline (A) on the same test texts, for the JSON file and the report.
+
+    Under `dvc repro` the baseline's predictions are always there (a dep of this stage); a stage run
+    by hand before the baseline gets an empty comparison and a report that says so.
+    """
+    title = ["", "## Against the TF-IDF baseline, on the same test texts", ""]
+    if not BASELINE_PREDICTIONS.is_file():
+        log.warning("%s not found: no comparison with the baseline (run the baseline stage first)", BASELINE_PREDICTIONS)
+        return {}, [*title, f"Not compared: {BASELINE_PREDICTIONS} is missing (the baseline stage has not run)."]
+    baseline = pd.read_csv(BASELINE_PREDICTIONS, keep_default_na=False)
+    y_true, pred_a, pred_b = paired_labels(baseline, table, f"the baseline's {BASELINE_PREDICTIONS}",
+                                           "this evaluation's predictions", labels)
+    comparison = paired_comparison(y_true, pred_a, pred_b, len(labels), scoring.bootstrap_resamples, scoring.confidence,
+                                   scoring.bootstrap_seed)
+    log.info("against the baseline: macro-F1 %+.4f %s, McNemar p = %.3g", comparison["macro_f1"]["difference"],
+             comparison["macro_f1"]["difference_interval"], comparison["mcnemar"]["p_value"])
+    return ({"a": f"TF-IDF baseline ({BASELINE_PREDICTIONS})", "b": f"fine-tune ({PREDICTIONS})", **comparison},
+            [*title, *comparison_section(comparison, "baseline", "fine-tune")])

@@ -21,7 +21,7 @@ from emotion_pipeline.class_bias import carry_stored_bias, config_bias, shift_pr
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.io import atomic_dir, write_json
-from emotion_pipeline.metrics import per_class_table
+from emotion_pipeline.metrics import format_interval, per_class_table
 from emotion_pipeline.modeling import load_adapter_model, merged
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
@@ -117,7 +117,27 @@ def model_card(params, labels: list[str], logit_bias: np.ndarray | None = None) 
     data = ModelCardData(library_name="transformers", pipeline_tag="text-classification", base_model=base_model,
                          datasets=[dataset] if dataset else None, tags=["emotion", "lora", "dvc"] if lora else ["emotion", "dvc"], model_name=name,
                          eval_results=evals)
-    per_class = "\n".join(per_class_table(metrics["per_class"]))
+    intervals = metrics.get("intervals")  # bootstrap intervals over the test examples (emotion_pipeline.uncertainty)
+    per_class = "\n".join(per_class_table(metrics["per_class"], intervals["per_class_f1"] if intervals else None))
+    if intervals:
+        settings = intervals["bootstrap"]
+        score_rows = "\n".join(f"| {title} | {metrics[key]:.4f} | {format_interval(intervals[key])} |" for key, title in
+                               (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("weighted_f1", "weighted F1")))
+        scores_table = f"""| metric | value | {settings["confidence"]:.0%} interval |
+| --- | --- | --- |
+{score_rows}
+| expected calibration error | {metrics["ece"]:.4f} | |
+
+Intervals: percentile bootstrap over the {metrics["examples"]} test examples ({settings["resamples"]} resamples,
+seed {settings["seed"]}): how far each score could move on another test sample of this size. A model that
+scores higher by less than that is not shown to be better; compare two models on the same texts, pair by pair."""
+    else:
+        scores_table = f"""| metric | value |
+| --- | --- |
+| accuracy | {metrics["accuracy"]:.4f} |
+| macro F1 | {metrics["macro_f1"]:.4f} |
+| weighted F1 | {metrics["weighted_f1"]:.4f} |
+| expected calibration error | {metrics["ece"]:.4f} |"""
     base_line = (f"`{base_model}`" if base_model else "a local model folder (set export.base_model_id to name it)") + \
         f", revision `{params.model.revision or 'default branch'}`"
     bias_note = "" if logit_bias is None else (
@@ -136,12 +156,7 @@ so it loads with plain `transformers` (no `peft`).
 
 ## Test metrics ({metrics["examples"]} examples)
 
-| metric | value |
-| --- | --- |
-| accuracy | {metrics["accuracy"]:.4f} |
-| macro F1 | {metrics["macro_f1"]:.4f} |
-| weighted F1 | {metrics["weighted_f1"]:.4f} |
-| expected calibration error | {metrics["ece"]:.4f} |
+{scores_table}
 
 {per_class}
 

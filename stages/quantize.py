@@ -1,13 +1,16 @@
 """quantize: models/export -> models/int8, an int8 ONNX model for CPU serving, scored on the test split.
 
-Reads params sections: quantize, model.max_length, metrics.calibration_bins. The fp32 reference is
+Reads params sections: quantize, model.max_length, metrics.calibration_bins and the bootstrap keys of
+metrics (bootstrap_resamples, confidence, bootstrap_seed). The fp32 reference is
 what the evaluate stage measured (metrics/test_details.json and the per-text predictions in
 metrics/predictions.csv); the export stage has checked that the export predicts like it.
 
 The int8 model must stay within quantize.max_f1_drop of the fp32 test macro-F1: otherwise the
 stage fails and the previous models/int8 stays. Its accuracy and macro-F1 go to metrics/int8.json,
 so `dvc metrics show` prints them under the fp32 ones of metrics/test.json and `dvc metrics diff` shows
-how they move; metrics/int8_details.json adds the drop, label agreement with fp32, size and fusions.
+how they move; metrics/int8_details.json adds the drop, label agreement with fp32, size and fusions,
+a bootstrap interval beside each score, and int8 against fp32 on the same test texts (paired interval
+of the difference, McNemar's p): whether the drop is more than the noise of the test sample.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from emotion_pipeline.config import load_params
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.int8 import build_int8
 from emotion_pipeline.io import atomic_dir, write_json, write_text
-from emotion_pipeline.metrics import classification_metrics
+from emotion_pipeline.metrics import classification_metrics, with_interval
 from emotion_pipeline.paths import (
     EXPORT_DIR,
     INT8_DETAILS,
@@ -33,6 +36,7 @@ from emotion_pipeline.paths import (
 )
 from emotion_pipeline.predict import ONNX_FILE, load_exported, predict_proba
 from emotion_pipeline.prepared import read_prepared
+from emotion_pipeline.uncertainty import paired_comparison, score_intervals, verdict
 
 log = logging.getLogger("quantize")
 
@@ -71,29 +75,43 @@ def main() -> None:
                 f"{fp32['macro_f1']:.4f} (allowed: quantize.max_f1_drop = {cfg.max_f1_drop:g}; labels agree on "
                 f"{agreement:.1%} of the test texts). {INT8_DIR} was left as it was. Serve the fp32 export, raise "
                 f"quantize.max_f1_drop, or set quantize.enabled: false.")
+        y_true, int8_labels, scoring = test["label"].to_numpy(), probs.argmax(axis=1), params.metrics
+        intervals = score_intervals(y_true, int8_labels, labels, scoring.bootstrap_resamples, scoring.confidence,
+                                    scoring.bootstrap_seed)
+        versus_fp32 = paired_comparison(y_true, fp32_labels, int8_labels, len(labels), scoring.bootstrap_resamples,
+                                        scoring.confidence, scoring.bootstrap_seed)
         size_mb = round(sum(path.stat().st_size for path in staging.glob(f"{ONNX_FILE}*")) / 2**20, 1)
-        write_text(staging / "README.md", _readme(scores, fp32, drop, agreement, size_mb))
+        write_text(staging / "README.md", _readme(scores, intervals, fp32, versus_fp32, drop, agreement, size_mb))
     headline = {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
     write_json(INT8_METRICS, headline)  # same keys as metrics/test.json: `dvc metrics show` lines them up
-    write_json(INT8_DETAILS, {**headline, "fp32_accuracy": fp32["accuracy"], "fp32_macro_f1": fp32["macro_f1"],
-                              "macro_f1_drop": drop, "agreement_with_fp32": agreement, "size_mb": size_mb,
-                              "fusions": fusions})
+    write_json(INT8_DETAILS, {**headline, "weighted_f1": scores["weighted_f1"], "per_class": scores["per_class"],
+                              "intervals": intervals, "fp32_accuracy": fp32["accuracy"], "fp32_macro_f1": fp32["macro_f1"],
+                              "macro_f1_drop": drop, "agreement_with_fp32": agreement, "vs_fp32": versus_fp32,
+                              "size_mb": size_mb, "fusions": fusions})
     log.info("int8 model in %s (%.1f MB): test macro-F1 %.4f (fp32 %.4f, drop %.4f), labels agree with fp32 on %.2f%%",
              INT8_DIR, size_mb, scores["macro_f1"], fp32["macro_f1"], drop, 100 * agreement)
 
 
-def _readme(scores: dict, fp32: dict, drop: float, agreement: float, size_mb: float) -> str:
+def _readme(scores: dict, intervals: dict, fp32: dict, versus_fp32: dict, drop: float, agreement: float,
+            size_mb: float) -> str:
+    fp32_intervals = fp32.get("intervals")  # evaluate writes them; a hand-made reference may not have them
+
+    def fp32_score(key: str) -> str:
+        return with_interval(fp32[key], fp32_intervals[key]) if fp32_intervals else f"{fp32[key]:.4f}"
+
     return f"""# Emotion classifier, int8 ONNX (CPU serving)
 
 The model of `{EXPORT_DIR}` exported to ONNX, its transformer blocks fused for ONNX Runtime, and
 quantised to int8 (per-channel weights, dynamic activations). Runs with `onnxruntime` alone.
 
-| test split ({scores["examples"]} texts) | int8 | fp32 |
+| test split ({scores["examples"]} texts; {intervals["bootstrap"]["confidence"]:.0%} bootstrap intervals) | int8 | fp32 |
 | --- | --- | --- |
-| accuracy | {scores["accuracy"]:.4f} | {fp32["accuracy"]:.4f} |
-| macro F1 | {scores["macro_f1"]:.4f} | {fp32["macro_f1"]:.4f} |
+| accuracy | {with_interval(scores["accuracy"], intervals["accuracy"])} | {fp32_score("accuracy")} |
+| macro F1 | {with_interval(scores["macro_f1"], intervals["macro_f1"])} | {fp32_score("macro_f1")} |
 
 Macro-F1 drop {drop:+.4f}; labels agree with fp32 on {agreement:.2%} of the test texts; {size_mb} MB on disk.
+On the same texts, paired (bootstrap interval of the difference, McNemar's exact test), int8 against fp32:
+{verdict(versus_fp32, "fp32", "int8")}.
 
 ```python
 from emotion_pipeline.predict import load_classifier

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 HEADLINE_KEYS = {"accuracy", "macro_f1", "weighted_f1", "ece"}
 METRIC_KEYS = HEADLINE_KEYS | {"examples", "macro_precision", "macro_recall", "weighted_precision", "weighted_recall",
-                               "per_class"}
+                               "per_class", "intervals"}
 
 
 def declared_outputs(project: Path) -> list[Path]:
@@ -36,8 +36,14 @@ def declared_outputs(project: Path) -> list[Path]:
 def check_metrics(metrics: dict, examples: int) -> None:
     assert set(metrics) == METRIC_KEYS
     assert metrics["examples"] == examples
-    for key in METRIC_KEYS - {"examples", "per_class"}:
+    for key in METRIC_KEYS - {"examples", "per_class", "intervals"}:
         assert 0.0 <= metrics[key] <= 1.0, key
+    intervals = metrics["intervals"]  # each bootstrap interval holds its point estimate
+    for key in ("accuracy", "macro_f1", "weighted_f1"):
+        assert 0.0 <= intervals[key][0] <= metrics[key] <= intervals[key][1] <= 1.0, (key, intervals[key])
+    assert sorted(intervals["per_class_f1"]) == sorted(LABELS)
+    for label, (low, high) in intervals["per_class_f1"].items():  # a class of few examples can skew: bounds only
+        assert 0.0 <= low <= high <= 1.0, (label, low, high)
     assert sorted(metrics["per_class"]) == sorted(LABELS)
     assert sum(scores["support"] for scores in metrics["per_class"].values()) == examples
     for scores in metrics["per_class"].values():

@@ -1,0 +1,187 @@
+"""Two models on the same test texts, compared pair by pair: ``python -m emotion_pipeline.compare A B``.
+
+A and B are git revisions (a branch, tag or commit), experiment names (as `dvc exp show` or
+`dvc exp ls` list them, queued ones included once they ran) or ``workspace``. Each side's
+metrics/predictions.csv (the evaluate stage's, one row per test text) is read through DVC's API
+(``dvc.api.open``): from the workspace, or from the DVC cache (else the default remote) as that
+revision's dvc.lock records it; nothing is checked out. ``--baseline [REV]`` compares REV's TF-IDF
+baseline (metrics/baseline_predictions.csv, A) with its fine-tune (B).
+
+It prints, for accuracy and macro-F1, both scores with their bootstrap intervals, the difference
+B − A with a paired-bootstrap interval, McNemar's exact test on the texts where exactly one model is
+right, and a one-line verdict (emotion_pipeline.uncertainty does the statistics). Predictions over
+different test sets (other texts, another order) are refused, never compared. Bad input (an unknown
+revision, a revision without predictions) exits 2 with one paragraph, as the stages do.
+
+The bootstrap settings default to params.yaml's defaults (metrics.bootstrap_resamples, confidence,
+bootstrap_seed) and are options here, not read from params.yaml: a revision's params may differ,
+and the comparison must not depend on which side's file is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from emotion_pipeline.config import MetricsConfig
+from emotion_pipeline.errors import UserError, first_line, run_command
+from emotion_pipeline.metrics import format_interval, with_interval
+from emotion_pipeline.paths import BASELINE_PREDICTIONS, PREDICTIONS
+from emotion_pipeline.uncertainty import COMPARED_SCORES, paired_comparison, paired_labels, score_intervals, verdict
+
+WORKSPACE = "workspace"
+DEFAULTS = MetricsConfig()
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: what the user named, the commit it resolved to (None: the workspace), the file."""
+
+    name: str
+    commit: str | None
+    kind: str  # "workspace", "experiment" or "git revision"
+    path: str
+
+    def describe(self) -> str:
+        where = "the workspace" if self.commit is None else f"{self.kind} {self.name}, commit {self.commit[:7]}"
+        return f"{self.path} of {where}"
+
+
+def resolve(name: str) -> tuple[str | None, str]:
+    """The commit a revision name stands for, and what kind of name it was; UserError for an unknown one.
+
+    Experiment names first (DVC keeps them as refs under refs/exps, which git revision syntax does
+    not reach), then anything git resolves: a branch, a tag, a full or abbreviated commit, HEAD~1.
+    """
+    if name == WORKSPACE:
+        return None, WORKSPACE
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+    from dvc.repo.experiments.utils import resolve_name
+
+    try:
+        repo = Repo()
+    except NotDvcRepoError:
+        raise UserError("not inside a DVC project: run the comparison from the project folder (where dvc.yaml is).") from None
+    with repo:
+        try:
+            ref = resolve_name(repo.scm, name).get(name)
+        except Exception as exc:  # noqa: BLE001  an ambiguous name (two baselines), reported in DVC's words
+            raise UserError(f"experiment name '{name}' is ambiguous: {first_line(exc)}") from None
+        if ref is not None:
+            return repo.scm.get_ref(str(ref)), "experiment"
+        try:
+            return repo.scm.resolve_rev(name), "git revision"
+        except Exception:  # noqa: BLE001  scmrepo raises its own error types per git backend
+            raise UserError(
+                f"unknown revision '{name}': it is not '{WORKSPACE}', not an experiment name (`dvc exp show` or "
+                "`dvc exp ls` lists them; a queued experiment has one once it ran) and not a git revision (branch, "
+                "tag or commit) of this repository.") from None
+
+
+def read_predictions(side: Side) -> pd.DataFrame:
+    """A side's predictions table, read through DVC from the workspace or from that revision's cached outputs."""
+    import dvc.api
+    from dvc.exceptions import DvcException, PathMissingError
+
+    stage = "baseline" if side.path == str(BASELINE_PREDICTIONS) else "evaluate"
+    try:
+        text = dvc.api.read(side.path, rev=side.commit)
+    except PathMissingError:
+        raise UserError(
+            f"no predictions for '{side.name}': {side.describe()} does not exist (neither a DVC output recorded in "
+            f"that revision's dvc.lock nor a file in git), so the {stage} stage never ran there. Run it "
+            "(`dvc repro` or `dvc exp run`), or name a revision that ran it (`dvc exp show` lists their metrics).") from None
+    except (FileNotFoundError, DvcException) as exc:
+        raise UserError(
+            f"no predictions for '{side.name}': {side.describe()} is recorded, but its content is neither in this "
+            f"DVC cache nor in the default remote ({first_line(exc)}). Fetch it with `dvc pull` (a commit) or "
+            "`dvc exp pull <remote> <name>` (an experiment).") from None
+    return pd.read_csv(io.StringIO(text), keep_default_na=False)
+
+
+def compare(a: Side, b: Side, resamples: int, confidence: float, seed: int) -> dict:
+    """Both sides' scores with intervals, the paired comparison B − A, and the verdict, as one dict."""
+    table_a, table_b = read_predictions(a), read_predictions(b)
+    y_true, pred_a, pred_b = paired_labels(table_a, table_b, f"'{a.name}' ({a.describe()})", f"'{b.name}' ({b.describe()})")
+    labels = sorted(set(table_a["actual"]) | set(table_a["predicted"]) | set(table_b["predicted"]))
+    comparison = paired_comparison(y_true, pred_a, pred_b, len(labels), resamples, confidence, seed)
+    own = {side: score_intervals(y_true, pred, labels, resamples, confidence, seed)
+           for side, pred in (("a", pred_a), ("b", pred_b))}
+    return {"a": {"name": a.name, "commit": a.commit, "file": a.path},
+            "b": {"name": b.name, "commit": b.commit, "file": b.path},
+            **comparison,
+            "intervals": {side: {score: intervals[score] for score in COMPARED_SCORES} for side, intervals in own.items()},
+            "verdict": verdict(comparison)}
+
+
+def report(a: Side, b: Side, result: dict) -> str:
+    """The comparison as a reader wants it on a terminal."""
+    settings, test = result["bootstrap"], result["mcnemar"]
+    rows = [("score", "A", "B", "B − A (paired)")]
+    for score, title in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        s = result[score]
+        rows.append((title, with_interval(s["a"], result["intervals"]["a"][score]),
+                     with_interval(s["b"], result["intervals"]["b"][score]),
+                     f"{s['difference']:+.4f} {format_interval(s['difference_interval'], signed=True)}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([
+        f"A: {a.describe()}",
+        f"B: {b.describe()}",
+        f"{result['examples']} test texts, the same on both sides; {settings['confidence']:.0%} intervals from "
+        f"{settings['resamples']} bootstrap resamples of them (seed {settings['seed']}), the same resamples for A and B.",
+        "",
+        *table,
+        "",
+        f"McNemar's exact test: A alone is right on {test['only_a_right']} texts, B alone on {test['only_b_right']}: "
+        f"p = {test['p_value']:.3g}.",
+        f"Verdict: {result['verdict']}",
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m emotion_pipeline.compare",
+        usage="%(prog)s A B | --baseline [REV]  [--resamples N] [--confidence C] [--seed S] [--json]",
+        description="Compare two models on the same test texts: score differences with paired bootstrap intervals, "
+                    "McNemar's exact test and a verdict. A, B, REV: a git revision, an experiment name or 'workspace'.")
+    parser.add_argument("revisions", nargs="*", metavar="A B", help="the two sides: B − A is reported")
+    parser.add_argument("--baseline", nargs="?", const=WORKSPACE, metavar="REV",
+                        help="compare REV's TF-IDF baseline (A) with its fine-tune (B); REV defaults to the workspace")
+    parser.add_argument("--resamples", type=int, default=DEFAULTS.bootstrap_resamples,
+                        help=f"bootstrap resamples (default: {DEFAULTS.bootstrap_resamples})")
+    parser.add_argument("--confidence", type=float, default=DEFAULTS.confidence,
+                        help=f"confidence level of the intervals; the verdict's significance level is 1 - it "
+                             f"(default: {DEFAULTS.confidence})")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.bootstrap_seed,
+                        help=f"seed of the resampling (default: {DEFAULTS.bootstrap_seed})")
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    args = parser.parse_args(argv)
+    run_command(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.resamples < 100 or not 0 < args.confidence < 1 or args.seed < 0:
+        raise UserError("--resamples must be at least 100, --confidence between 0 and 1, --seed at least 0.")
+    if args.baseline is not None:
+        if args.revisions:
+            raise UserError("give two revisions A B, or --baseline [REV] alone, not both.")
+        commit, kind = resolve(args.baseline)
+        a = Side(args.baseline, commit, kind, str(BASELINE_PREDICTIONS))
+        b = Side(args.baseline, commit, kind, str(PREDICTIONS))
+    elif len(args.revisions) == 2:
+        a, b = (Side(name, *resolve(name), str(PREDICTIONS)) for name in args.revisions)
+    else:
+        raise UserError(f"give two revisions to compare (A B: git revisions, experiment names or '{WORKSPACE}'), "
+                        f"or --baseline [REV]; got {len(args.revisions)}.")
+    result = compare(a, b, args.resamples, args.confidence, args.seed)
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else report(a, b, result), end="\n" if args.json else "")
+
+
+if __name__ == "__main__":
+    main()
