@@ -133,14 +133,13 @@ def quality_report(metrics: dict, table: pd.DataFrame, labels: list[str], top_mi
 def per_class_table(per_class: dict, f1_intervals: dict | None = None) -> list[str]:
     """The markdown lines of a per-class precision / recall / F1 / support table (quality report, model card);
     with ``f1_intervals`` ({class: [low, high]}), each F1 with its interval."""
-    if f1_intervals is None:
-        lines = ["| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
-                  for name, s in per_class.items()]
-        return lines
-    lines = ["| class | precision | recall | F1 [interval] | support |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {with_interval(s['f1'], f1_intervals[name])} | "
-              f"{s['support']} |" for name, s in per_class.items()]
+    def f1(name: str, scores: dict) -> str:
+        return f"{scores['f1']:.4f}" if f1_intervals is None else with_interval(scores["f1"], f1_intervals[name])
+
+    header = "F1" if f1_intervals is None else "F1 [interval]"
+    lines = [f"| class | precision | recall | {header} | support |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {f1(name, s)} | {s['support']} |"
+              for name, s in per_class.items()]
     return lines
 
 
