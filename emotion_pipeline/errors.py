@@ -33,14 +33,18 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def run_command(body: Callable[[], object]) -> None:
-    """Run a command-line tool's body (predict, compare, aggregate): a UserError ends it as a stage's
-    does, one `error: ...` paragraph on stderr and exit 2."""
+def run_command(body: Callable[[], object], interrupted: str = "nothing was written") -> None:
+    """Run a command-line tool's body (predict, compare, aggregate, tune, serve): a UserError ends it as a
+    stage's does, one `error: ...` paragraph on stderr and exit 2; Ctrl-C ends it with one line saying
+    what state it left (``interrupted``) and exit 130, never a traceback."""
     try:
         body()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C): {interrupted}.", file=sys.stderr)
+        sys.exit(130)
 
 
 def run_stage(module: str) -> None:

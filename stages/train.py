@@ -48,6 +48,7 @@ from emotion_pipeline.paths import (
 )
 from emotion_pipeline.prepared import read_prepared, write_labels
 from emotion_pipeline.train_log import LiveLogger, LogAtEpochEnd, mean_train_loss
+from emotion_pipeline.tune_trial import pruning_callback
 
 log = logging.getLogger("train")
 
@@ -119,7 +120,9 @@ def build_trainer(model, tokenizer, args: TrainingArguments, train_set, validati
         # None when every lever is off: the model's own loss, exactly as the seed recipe trains.
         compute_loss_func=rare_class_loss(cfg, train_labels, len(labels)),
         callbacks=[LogAtEpochEnd(), LogWeightsChecksum(), MarkCheckpointComplete(), LiveLogger(TRAIN_LOG_DIR)]
-        + ([EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else []),
+        + ([EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else [])
+        # In a tune trial with pruning on (emotion_pipeline.tune), each epoch's score goes to the trial.
+        + ([reporter] if (reporter := pruning_callback()) else []),
     )
 
 

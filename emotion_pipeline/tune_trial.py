@@ -1,0 +1,104 @@
+"""The train stage's side of a tune study (emotion_pipeline.tune): report each epoch's validation score to
+the trial the experiment runs for, and stop the run when the study's pruner says the trial is hopeless.
+
+A trial is an ordinary DVC experiment; what makes it one is a small file the tune command writes in the
+project before queueing it, ``tune/trials/<experiment name>.json``, holding the study's storage URL, the
+study name and the trial. DVC gives every stage of an experiment its name (DVC_EXP_NAME) and the project
+folder it was queued from (DVC_ROOT; the run itself happens in a copy under .dvc/tmp/exps/), so the stage
+finds the file without any param: the run-cache key and `dvc exp show` of a trial are those of a hand-run
+experiment with the same params. Without the file (every run that is not a tune trial) nothing happens.
+
+A pruned trial fails its train stage (one paragraph, exit 2) rather than finishing early: a finished
+train stage would enter DVC's run cache with half-trained outputs under the trial's params, and a later
+`dvc exp run` of those params would restore them instead of training. So a pruned trial shows in
+`dvc exp show` as a Failed experiment, never as a finished one with a score, and Optuna records it as
+pruned (the tune command tells it, reading the epoch recorded here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from emotion_pipeline.errors import UserError
+
+TRIALS_DIR = Path("tune") / "trials"  # in the project folder the tune command runs in; git-ignored
+PRUNED_AT_EPOCH = "pruned_at_epoch"  # the trial's user attribute: the epoch after which it stopped
+# metrics/train.json keys a pruner can follow epoch by epoch, and the Trainer's name for each per-epoch value.
+EPOCH_METRICS = {"val_macro_f1": "eval_macro_f1", "val_accuracy": "eval_accuracy"}
+
+
+def trial_file(project: Path, experiment: str) -> Path:
+    return project / TRIALS_DIR / f"{experiment}.json"
+
+
+def write_trial_file(project: Path, experiment: str, storage: str, study: str, trial_id: int, number: int,
+                     epoch_metric: str | None, pruner: dict) -> Path:
+    """What the experiment's train stage needs to report to its trial (epoch_metric None: no pruning), and the
+    study's pruner settings (Optuna keeps no pruner in its storage: whoever asks should_prune brings one)."""
+    path = trial_file(project, experiment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"storage": storage, "study": study, "trial_id": trial_id, "number": number, "epoch_metric": epoch_metric,
+              "pruner": pruner}
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def make_pruner(settings: dict):
+    """An Optuna pruner from {"type": none|median|threshold, "startup_trials", "warmup_epochs", "prune_below"}."""
+    import optuna
+
+    if settings["type"] == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"],
+                                           n_warmup_steps=settings["warmup_epochs"])
+    if settings["type"] == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=settings["prune_below"], n_warmup_steps=settings["warmup_epochs"])
+    return optuna.pruners.NopPruner()
+
+
+def open_storage(url: str):
+    """The study's Optuna storage (an RDB URL: SQLite by default, PostgreSQL or MySQL for several machines)."""
+    import optuna
+
+    if url.startswith("sqlite:"):
+        # Several processes write one SQLite file (the tune command, each trial's train stage, another tune
+        # command on the same study): wait for its lock, as long as a busy machine needs, rather than fail
+        # with "database is locked".
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 300}})
+    return optuna.storages.RDBStorage(url)
+
+
+def pruning_callback():
+    """The Trainer callback that reports to this experiment's trial, or None when the run is not a tune trial
+    with pruning on."""
+    experiment, project = os.environ.get("DVC_EXP_NAME"), os.environ.get("DVC_ROOT")
+    if not experiment or not project or not trial_file(Path(project), experiment).is_file():
+        return None
+    record = json.loads(trial_file(Path(project), experiment).read_text(encoding="utf-8"))
+    if record["epoch_metric"] is None:
+        return None
+    import optuna
+    from transformers import TrainerCallback  # here, not above: the tune command imports this module too
+
+    study = optuna.load_study(study_name=record["study"], storage=open_storage(record["storage"]),
+                              pruner=make_pruner(record["pruner"]))
+    trial = optuna.trial.Trial(study, record["trial_id"])
+
+    class ReportToTrial(TrainerCallback):
+        """After each epoch's validation pass: report the score to the trial; stop the run if it is to be pruned."""
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if not state.is_world_process_zero or not metrics or record["epoch_metric"] not in metrics:
+                return
+            epoch = round(state.epoch or 0)
+            score = metrics[record["epoch_metric"]]
+            trial.report(score, step=epoch)
+            if trial.should_prune():
+                trial.set_user_attr(PRUNED_AT_EPOCH, epoch)
+                raise UserError(
+                    f"pruned: tune study '{record['study']}' trial {record['number']} stops after epoch {epoch} "
+                    f"(validation {record['epoch_metric'].removeprefix('eval_')} {score:.4f}; the study's pruner "
+                    f"judged it unpromising). The experiment is recorded as failed, and the trial as pruned.")
+
+    return ReportToTrial()
