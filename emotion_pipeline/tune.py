@@ -700,8 +700,10 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"{STUDY_DIR}/ is not git-ignored: DVC would copy the study's storage and trial files into every "
                         f"experiment. Add '/{STUDY_DIR}/' to .gitignore.")
     if not args.report:
-        # Ctrl-C while waiting: stop this command's trials, then one line (run_command) and exit 130.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # Ctrl-C or SIGTERM while waiting: stop this command's trials, then one line (run_command) and exit 130.
+        # Set for SIGINT too: a shell script's `cmd &` starts it with SIGINT ignored.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.default_int_handler)
         run_study(config, storage_url, args.push)
     study = open_study(config, storage_url)
     out = write_report(study, config, storage_url)

@@ -6,6 +6,7 @@ the real `dvc`, so nothing here replaces a library with a mock.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -75,10 +76,28 @@ def write_subset(source: Path, dest: Path, rows: int) -> Path:
     return dest
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` once per test session, even when pytest-xdist runs it in several worker processes:
+    the first worker builds under a file lock in the session's shared temp folder, the others wait and use
+    it. So every worker sees the same paths (params that name them give the same DVC run-cache keys)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_data(emotion_dir: Path, tmp_path_factory) -> Path:
     """300 rows per split of the real data: every class appears in each split."""
-    return write_subset(emotion_dir, tmp_path_factory.mktemp("emotion-300"), 300)
+    return built_once(tmp_path_factory, "emotion-300", lambda folder: write_subset(emotion_dir, folder, 300))
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +105,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer random Qwen3 with the real Qwen3 tokenizer, saved as a normal model folder."""
     from emotion_pipeline.tiny import build_tiny_qwen3
 
-    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3") / "model")
+    return built_once(tmp_path_factory, "tiny-qwen3", lambda folder: build_tiny_qwen3(folder / "model")) / "model"
 
 
 def save_classifier(base: Path | str, out: Path, labels: list[str] = LABELS, head_scale: float = 1.0,
@@ -115,7 +134,8 @@ def save_classifier(base: Path | str, out: Path, labels: list[str] = LABELS, hea
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_model: Path, tmp_path_factory) -> Path:
     """save_classifier(tiny_model) once per session: a six-class folder like models/export. Read it, never change it."""
-    return save_classifier(tiny_model, tmp_path_factory.mktemp("tiny-classifier") / "export")
+    return built_once(tmp_path_factory, "tiny-classifier", lambda folder: save_classifier(tiny_model, folder / "export")) \
+        / "export"
 
 
 def tiny_params(data_dir: Path, model_dir: Path) -> dict:
@@ -195,10 +215,21 @@ def finished_run(tmp_path_factory, small_data: Path, tiny_model: Path) -> Finish
     """The tiny project (tiny_params, every stage) after one `dvc repro` from scratch under PYTHONHASHSEED=1.
 
     One run for the whole session: the tests that only read its outputs take it as it is; a test that
-    changes a project works on copy_finished(), a private copy. Nothing may write into this one.
+    changes a project works on copy_finished(), a private copy. Nothing may write into this one. Under
+    pytest-xdist each worker reads its own copy of the one run (two DVC commands at once in one project
+    would wait on each other's repo lock).
     """
-    project = copy_project(tmp_path_factory.mktemp("finished") / "project", tiny_params(small_data, tiny_model))
-    return FinishedRun(project, run(["dvc", "repro"], project, env=hashseed_env(1)))
+    def build(folder: Path) -> None:
+        project = copy_project(folder / "project", tiny_params(small_data, tiny_model))
+        result = run(["dvc", "repro"], project, env=hashseed_env(1))
+        (folder / "repro.json").write_text(json.dumps({"args": result.args, "returncode": result.returncode,
+                                                       "stdout": result.stdout, "stderr": result.stderr}))
+
+    built = built_once(tmp_path_factory, "finished", build)
+    repro = subprocess.CompletedProcess(**json.loads((built / "repro.json").read_text()))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return FinishedRun(built / "project", repro)
+    return FinishedRun(copy_finished(built / "project", tmp_path_factory.mktemp("finished") / "project"), repro)
 
 
 @pytest.fixture(scope="session")
