@@ -203,15 +203,20 @@ class Params(Section):
     baseline: BaselineConfig = BaselineConfig()
 
 
+def read_yaml(path: Path, if_missing: str):
+    """A YAML file's content; a UserError naming the file when it is missing (``if_missing``: what to do) or not YAML."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: {if_missing}.") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; raise UserError naming the offending key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} not found: run the stage from the project root, where params.yaml lives.") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path, "run the stage from the project root, where params.yaml lives")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

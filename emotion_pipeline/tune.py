@@ -39,7 +39,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from emotion_pipeline.config import Params, Section
+from emotion_pipeline.config import Params, Section, read_yaml
 from emotion_pipeline.errors import UserError, first_line, run_command
 from emotion_pipeline.paths import PARAMS_FILE
 from emotion_pipeline.tune_trial import (
@@ -152,12 +152,7 @@ class TuneConfig(Section):
 
 def load_tune_config(path: Path, overrides: dict) -> TuneConfig:
     """tune.yaml with the command line's overrides, checked; every problem is one paragraph naming the key."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} not found: write the search space there (README, 'Search'), or give --config.") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {first_line(exc)}") from None
+    raw = read_yaml(path, "write the search space there (README, 'Search'), or give --config")
     if not isinstance(raw, dict):
         raise UserError(f"{path} must be a mapping of settings ({', '.join(TuneConfig.model_fields)}).")
     raw.update({key: value for key, value in overrides.items() if value is not None})
