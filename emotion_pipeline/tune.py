@@ -425,7 +425,7 @@ def settle(study, config: TuneConfig, run: Running, row: dict, push: str | None)
             dvc("exp", "push", push, run.experiment)
         return f"trial {run.number} ({run.experiment}) {config.objective_key} = {value:.6g} in {elapsed:.0f} s"
     # Read from the storage: the train stage set it there (a Trial object keeps the attributes it started with).
-    pruned_at = next(t for t in study.get_trials(deepcopy=False) if t.number == run.number).user_attrs.get(PRUNED_AT_EPOCH)
+    pruned_at = stored_trial(study, run.number).user_attrs.get(PRUNED_AT_EPOCH)
     if pruned_at is not None:
         study.tell(run.number, state=TrialState.PRUNED)
         return f"trial {run.number} ({run.experiment}) pruned after epoch {pruned_at}"
@@ -433,6 +433,15 @@ def settle(study, config: TuneConfig, run: Running, row: dict, push: str | None)
     run.trial.set_user_attr("error", message)
     study.tell(run.number, state=TrialState.FAIL)
     return f"trial {run.number} ({run.experiment}) failed: {message}"
+
+
+def stored_trial(study, number: int):
+    """A trial as the storage has it now (other processes may have changed it since this one asked)."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def trial_state(study, number: int):
+    return stored_trial(study, number).state
 
 
 def take_over(study, config: TuneConfig, rows: dict[str, dict]) -> Iterator[Running]:
@@ -536,7 +545,7 @@ def run_study(config: TuneConfig, storage_url: str, push: str | None) -> None:
                 line = settle(study, config, run, row, push)
                 print(line, file=sys.stderr)
                 del running[name]
-                if " failed" in line and "pruned" not in line:
+                if trial_state(study, run.number) == TrialState.FAIL:
                     failed += 1
                     if failed >= config.max_failed_trials:
                         raise too_many_failures(config, failed)
