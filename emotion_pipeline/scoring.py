@@ -1,0 +1,135 @@
+"""What emotion-serve (Ray Serve) and emotion-batch (Ray Data) share: starting Ray, loading the model in a
+worker with a bounded number of threads, and turning one row of class probabilities into emotion-predict's fields.
+
+Both engines run the project's own predict code in their workers (predict.load_exported and
+predict_proba), so labels, scores and the stored class bias are exactly emotion-predict's; only the
+way texts reach a worker differs. Ray is imported inside the functions: the core install has no Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from emotion_pipeline.errors import UserError
+
+# emotion_pipeline.predict (and with it torch and transformers) is imported inside the functions that load a
+# model: Ray Data's read tasks unpickle emotion_pipeline.batch, and so this module, in worker processes that
+# only read text; importing torch there cost ~300 MiB a worker.
+
+DIGITS = 6  # emotion-predict rounds every probability it prints to 6 decimals (predict.run)
+
+
+def command_parser(prog: str, usage: str, description: str, workers: str) -> argparse.ArgumentParser:
+    """The arguments emotion-serve and emotion-batch share: the model folder, --threads per ``workers`` (replica
+    or actor) and --address of a Ray cluster. Each command adds its own."""
+    parser = argparse.ArgumentParser(prog=prog, usage=usage, description=description)
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by the export stage (models/export) or "
+                                                               "the quantize stage (models/int8)")
+    parser.add_argument("--threads", type=int, help=f"compute threads per {workers} (default: the CPUs / {workers}s)")
+    parser.add_argument("--address", help="a Ray cluster to run on (ray://HEAD:10001, HEAD:6379, auto; default: "
+                                          "RAY_ADDRESS, else a local Ray)")
+    return parser
+
+
+def score_fields(labels: list[str], row: np.ndarray, top_k: int | None = None) -> dict:
+    """emotion-predict's fields for one text's probabilities: label and score, then every class's score
+    ("scores") or the top_k best ("top_k", most likely first), rounded as predict.run rounds them."""
+    best = int(row.argmax())
+    fields = {"label": labels[best], "score": round(float(row[best]), DIGITS)}
+    if top_k:
+        fields["top_k"] = [{"label": labels[i], "score": round(float(row[i]), DIGITS)}
+                           for i in np.argsort(-row, kind="stable")[:top_k]]
+    else:
+        fields["scores"] = {name: round(float(p), DIGITS) for name, p in zip(labels, row)}
+    return fields
+
+
+def check_model(model_dir: str) -> list[str]:
+    """Load the model once in the driver, as emotion-predict does, so a bad folder is its one-paragraph
+    UserError before Ray starts (not a traceback from a remote constructor); return its class names."""
+    from transformers.utils import logging as transformers_logging
+
+    from emotion_pipeline.predict import class_names, load_exported
+
+    transformers_logging.disable_progress_bar()  # a bar for loading a model the service then drops would mislead
+    model, _ = load_exported(model_dir, "cpu")
+    labels = class_names(model.config)
+    del model  # the workers load their own copy
+    return labels
+
+
+def load_in_worker(model_dir: str, threads: int):
+    """The model and tokenizer in a Ray worker (a Serve replica or a Data actor), computing on ``threads`` threads.
+
+    Several workers share a machine's cores: each one's torch and ONNX Runtime pools are limited to its
+    share, or they would all spin up one thread per core and slow each other down.
+    """
+    import torch
+
+    from emotion_pipeline.predict import ONNX_FILE, OnnxClassifier, load_exported
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_exported(model_dir, "cpu")
+    if isinstance(model, OnnxClassifier):
+        import onnxruntime as ort
+
+        # OnnxClassifier takes ONNX Runtime's default pool (one thread per core): build the session again with
+        # the same options (those the quantize stage wrote beside the graph) and this worker's share of the cores.
+        options = model.session.get_session_options()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        model.session = ort.InferenceSession(str(Path(model_dir) / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+    return model, tokenizer
+
+
+def worker_threads(workers: int, cpus: float, threads: int | None) -> tuple[int, float]:
+    """(threads per worker, CPUs to reserve per worker) for ``workers`` workers on a cluster of ``cpus`` CPUs.
+
+    By default each worker computes on its share of the CPUs; the reservation never asks for more than
+    that share, so all workers fit even when --threads oversubscribes the machine on purpose.
+    """
+    share = cpus / workers
+    threads = threads or max(1, int(share))
+    return threads, min(float(threads), share)
+
+
+def require_ray(command: str) -> None:
+    """Ray Serve and Ray Data come with the serve extra, not the core install: say so, not an ImportError."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError(f"{command} runs on Ray, which the core install leaves out: install the serve extra, "
+                        f'`pip install -e ".[serve]"` (ray[serve,data]).')
+
+
+def start_ray(address: str | None):
+    """Connect to the Ray cluster at ``address`` (``ray://head:10001``, ``head:6379``, ``auto``) or RAY_ADDRESS,
+    else start a local one on this machine, quietly: no dashboard, and workers' logs kept in Ray's log files.
+
+    Returns the ray module. A cluster that cannot be reached is a UserError naming the address.
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        # Every node of a cluster runs the workers from its own install of this project (README, "Serve and score
+        # at scale"), as torchrun's nodes do: nothing is shipped from the driver.
+        # ERROR, not WARNING: Ray 2.60 warns on every start that its token authentication is on (as it should be).
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise UserError(f"--address {address}: could not connect to a Ray cluster there ({str(exc).splitlines()[0]}). "
+                        f"Give the head's client address (ray://HEAD:10001), its GCS address (HEAD:6379) or 'auto' "
+                        f"on a node of the cluster; without --address and RAY_ADDRESS, a local Ray is started.") from None
+    quiet_ray_loggers()
+    return ray
+
+
+def quiet_ray_loggers() -> None:
+    """Ray's own start-up chatter off the driver's stderr (Serve sets its logger up again when it starts)."""
+    for name in ("ray", "ray.serve", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
