@@ -20,6 +20,13 @@ import yaml
 # In-process tests load models and datasets too: never wait on the hub (read when huggingface_hub is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist the workers share the cores: each worker's torch (in-process, and in every dvc stage,
+# torchrun and Ray process it starts, which inherit this) computes on its share. Else each process runs one
+# OpenMP thread per core, and their spin-waits between the tiny model's small ops take the CPU the other
+# worker's tests need. Set before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]  # data.labels' default order

@@ -65,7 +65,7 @@ def team(tmp_path_factory, small_data: Path, tiny_model: Path) -> dict[str, Path
     run(["dvc", "add", "-q", "data/raw/emotion300"], a)
     # The int8 build (~30 s a run) adds nothing to what is shared here; tests/test_int8.py covers it.
     set_params(a, {"data": {"source": "data/raw/emotion300"}, "model": {"name": "../tiny-qwen3"},
-                   "quantize": {"enabled": False}})
+                   "quantize": {"enabled": False}, "train": {"epochs": 1}})  # one epoch: what is shared, not how well
     run(["dvc", "remote", "add", "-d", "storage", str(storage)], a)
     run(["git", "remote", "add", "origin", str(origin)], a)
     run(["dvc", "repro"], a)
