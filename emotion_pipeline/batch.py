@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import secrets
+import signal
 import sys
 import time
 import warnings
@@ -39,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from emotion_pipeline.errors import UserError, run_command
-from emotion_pipeline.scoring import check_model, command_parser, require_ray, score_fields, start_ray, worker_threads
+from emotion_pipeline.scoring import check_model, command_parser, require_ray, score_fields, start_ray, stop_ray, worker_threads
 
 try:
     from ray.data import Datasource
@@ -236,13 +238,13 @@ def write_records(batches: Iterator, output: Path, first_number: int) -> tuple[i
     try:
         with staging.open("xb") as handle:
             for batch in batches:
+                numbers = np.arange(number, number + batch.num_rows)
+                number += batch.num_rows
                 if time.monotonic() - reported >= PROGRESS_EVERY_S:
                     reported = time.monotonic()
                     done = number - first_number
                     print(f"emotion-batch: {done:,} texts scored ({done / (reported - began):,.0f}/s)", file=sys.stderr,
                           flush=True)
-                numbers = np.arange(number, number + batch.num_rows)
-                number += batch.num_rows
                 empty = batch.column("label").is_null().to_numpy(zero_copy_only=False)
                 for line in numbers[empty]:
                     print(f"warning: skipped the empty text at line {line}", file=sys.stderr)
@@ -284,7 +286,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--piece-bytes", type=int, default=PIECE_BYTES,
                         help=f"a .txt input is read in ranges of about this many bytes, one read task each (default: {PIECE_BYTES})")
     args = parser.parse_args(argv)
-    run_command(lambda: run(args))
+    # Ctrl-C and SIGTERM end the command alike, even when started with SIGINT ignored (a background job): the
+    # staging file is removed and Ray stopped on the way out, then one line and exit 130.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+    run_command(lambda: run(args), interrupted=f"nothing was written to {args.output}")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -312,6 +318,8 @@ def run(args: argparse.Namespace) -> None:
         # Rows come back in file order, so their position gives their line number (write_records).
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False  # write_records prints progress lines, terminal or not
+        # ... and Ray Data says once that its bars are off, which is this command's choice, not news to the user.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         # A file that fits one read task gets a warning that READERS tasks could not all start: true, and harmless.
         warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
         from ray.data import ActorPoolStrategy
@@ -326,7 +334,7 @@ def run(args: argparse.Namespace) -> None:
                                          first_number)
     finally:
         if started:
-            ray.shutdown()
+            stop_ray(ray)
     print(f"emotion-batch: {written:,} texts classified into {args.output}"
           f"{f' ({skipped:,} empty text(s) skipped)' if skipped else ''}.", file=sys.stderr)
 

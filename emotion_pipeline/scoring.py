@@ -129,6 +129,17 @@ def start_ray(address: str | None):
     return ray
 
 
+def stop_ray(ray, timeout_s: float = 15) -> None:
+    """ray.shutdown(), but never waiting longer than ``timeout_s``: a Ctrl-C from a terminal reaches the local Ray's
+    own processes too (they share the process group), and a shutdown that waits on a raylet already gone would
+    hang the command after its one line."""
+    import threading
+
+    stopping = threading.Thread(target=ray.shutdown, daemon=True)
+    stopping.start()
+    stopping.join(timeout_s)
+
+
 def quiet_ray_loggers() -> None:
     """Ray's own start-up chatter off the driver's stderr (Serve sets its logger up again when it starts)."""
     for name in ("ray", "ray.serve", "ray.data"):
