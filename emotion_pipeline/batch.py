@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from emotion_pipeline.errors import UserError, run_command
-from emotion_pipeline.scoring import check_model, command_parser, require_ray, score_fields, start_ray, stop_ray, worker_threads
+from emotion_pipeline.scoring import check_model, command_parser, require_ray, start_ray, stop_ray, worker_threads
 
 try:
     from ray.data import Datasource
@@ -210,7 +210,7 @@ class Scorer:
     def __call__(self, batch):
         import pyarrow as pa
 
-        from emotion_pipeline.predict import predict_proba
+        from emotion_pipeline.predict import predict_proba, score_fields
 
         # A JSON or Parquet value may be a number or null: emotion-predict reads it as str(value), or "" for null.
         texts = ["" if value is None else str(value) for value in batch.column(self.column).to_pylist()]

@@ -79,6 +79,23 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
     return probs
 
 
+DIGITS = 6  # every probability emotion-predict, emotion-serve and emotion-batch give out, rounded to this
+
+
+def score_fields(labels: list[str], row: np.ndarray, top_k: int | None = None) -> dict:
+    """One text's fields from its probabilities: label and score, then every class's score ("scores") or the
+    top_k best ("top_k", most likely first). What emotion-predict prints, emotion-serve answers and
+    emotion-batch writes."""
+    best = int(row.argmax())
+    fields = {"label": labels[best], "score": round(float(row[best]), DIGITS)}
+    if top_k:
+        fields["top_k"] = [{"label": labels[i], "score": round(float(row[i]), DIGITS)}
+                           for i in np.argsort(-row, kind="stable")[:top_k]]
+    else:
+        fields["scores"] = {name: round(float(p), DIGITS) for name, p in zip(labels, row)}
+    return fields
+
+
 def class_names(config) -> list[str]:
     """A classifier's class names in class-id order (its config's id2label)."""
     return [config.id2label[i] for i in range(config.num_labels)]
@@ -229,14 +246,7 @@ def run(args: argparse.Namespace) -> None:
     labels = class_names(model.config)
     probs = predict_proba(model, tokenizer, [text for _, text in kept], args.batch_size, progress=args.file is not None)
     for (number, text), row in zip(kept, probs):
-        best = int(row.argmax())
-        record = {where: number, "text": text, "label": labels[best], "score": round(float(row[best]), 6)}
-        if args.top_k:
-            top = np.argsort(-row, kind="stable")[: args.top_k]
-            record["top_k"] = [{"label": labels[i], "score": round(float(row[i]), 6)} for i in top]
-        else:
-            record["scores"] = {name: round(float(p), 6) for name, p in zip(labels, row)}
-        print(json.dumps(record, ensure_ascii=False))
+        print(json.dumps({where: number, "text": text, **score_fields(labels, row, args.top_k)}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """What emotion-serve (Ray Serve) and emotion-batch (Ray Data) share: starting Ray, loading the model in a
-worker with a bounded number of threads, and turning one row of class probabilities into emotion-predict's fields.
+worker with a bounded number of threads, and the command-line arguments both take.
 
 Both engines run the project's own predict code in their workers (predict.load_exported and
-predict_proba), so labels, scores and the stored class bias are exactly emotion-predict's; only the
-way texts reach a worker differs. Ray is imported inside the functions: the core install has no Ray.
+predict_proba, and predict.score_fields for each text's fields), so labels, scores and the stored class
+bias are exactly emotion-predict's; only the way texts reach a worker differs. Ray is imported inside the functions: the core install has no Ray.
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from emotion_pipeline.errors import UserError
 
 # emotion_pipeline.predict (and with it torch and transformers) is imported inside the functions that load a
 # model: Ray Data's read tasks unpickle emotion_pipeline.batch, and so this module, in worker processes that
 # only read text; importing torch there cost ~300 MiB a worker.
 
-DIGITS = 6  # emotion-predict rounds every probability it prints to 6 decimals (predict.run)
 
 
 def command_parser(prog: str, usage: str, description: str, workers: str) -> argparse.ArgumentParser:
@@ -34,19 +31,6 @@ def command_parser(prog: str, usage: str, description: str, workers: str) -> arg
     parser.add_argument("--address", help="a Ray cluster to run on (ray://HEAD:10001, HEAD:6379, auto; default: "
                                           "RAY_ADDRESS, else a local Ray)")
     return parser
-
-
-def score_fields(labels: list[str], row: np.ndarray, top_k: int | None = None) -> dict:
-    """emotion-predict's fields for one text's probabilities: label and score, then every class's score
-    ("scores") or the top_k best ("top_k", most likely first), rounded as predict.run rounds them."""
-    best = int(row.argmax())
-    fields = {"label": labels[best], "score": round(float(row[best]), DIGITS)}
-    if top_k:
-        fields["top_k"] = [{"label": labels[i], "score": round(float(row[i]), DIGITS)}
-                           for i in np.argsort(-row, kind="stable")[:top_k]]
-    else:
-        fields["scores"] = {name: round(float(p), DIGITS) for name, p in zip(labels, row)}
-    return fields
 
 
 def check_model(model_dir: str) -> list[str]:

@@ -42,7 +42,6 @@ from emotion_pipeline.scoring import (
     command_parser,
     quiet_ray_loggers,
     require_ray,
-    score_fields,
     start_ray,
     worker_threads,
 )
@@ -169,6 +168,8 @@ class EmotionClassifier:
 
     async def classify(self, body: bytes):
         from starlette.responses import JSONResponse
+
+        from emotion_pipeline.predict import score_fields
 
         texts, top_k = parse_request(body, self.limits, len(self.labels))
         if self.batching:
