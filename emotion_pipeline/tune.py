@@ -370,9 +370,29 @@ def owner_alive(trial) -> bool:
         return False
 
 
+# `dvc exp show` lists the running experiments, then opens each one's copy under .dvc/tmp/exps/: an experiment
+# that finishes in between has removed its copy, and the whole command fails ("directory '.../.dvc/tmp/exps/tmpXXXX/
+# .dvc' does not exist"). A moment later the experiment is listed as finished, so such a failure is asked again.
+VANISHED_EXECUTOR = re.compile(r"[/\\]\.dvc[/\\]tmp[/\\]exps[/\\]tmp")
+EXP_SHOW_ATTEMPTS = 5
+
+
+def show_experiments(attempts: int = EXP_SHOW_ATTEMPTS, pause_s: float = 1.0) -> list:
+    """`dvc exp show --json`, asked again (up to `attempts` times) while it fails on an experiment's vanished copy."""
+    for attempt in range(1, attempts + 1):
+        result = dvc("exp", "show", "--json", check=False)
+        output = result.stderr + result.stdout
+        if result.returncode == 0 or attempt == attempts or not VANISHED_EXECUTOR.search(output):
+            break
+        time.sleep(pause_s)
+    if result.returncode != 0:
+        raise UserError(f"dvc exp show --json failed: {last_error(output)}")
+    return json.loads(result.stdout or "[]")
+
+
 def experiment_rows() -> dict[str, dict]:
     """Every experiment of the project by name, from `dvc exp show --json`: executor state, log, params, metrics."""
-    shown = json.loads(dvc("exp", "show", "--json").stdout or "[]")
+    shown = show_experiments()
     rows = {}
     for baseline in shown:
         for experiment in baseline.get("experiments") or []:

@@ -258,3 +258,34 @@ def test_ranges_become_optuna_distributions_and_grids():
     assert type(found["train.lr"]).__name__ == "FloatDistribution"
     assert grid(config) == {"lora.r": [4, 8], "train.epochs": [1, 2, 3], "train.warmup_steps": [0, 100, 200],
                             "train.lr": [1e-4, 2e-4, 3e-4]}
+
+
+
+VANISHED = "ERROR: failed to show experiments - directory '/p/.dvc/tmp/exps/tmpw6qlic5p/.dvc' does not exist\n"
+
+
+@pytest.mark.parametrize(("failures", "error", "calls", "read"), [
+    (2, VANISHED, 3, True),                                        # a copy removed mid-listing: asked again, read
+    (9, VANISHED, 5, False),                                       # it never settles: its error after 5 tries
+    (1, "ERROR: failed to show experiments - bad yaml\n", 1, False),  # any other failure: at once, not again
+])
+def test_exp_show_is_asked_again_only_while_a_finished_experiments_copy_vanishes(monkeypatch, failures, error,
+                                                                                 calls, read):
+    """The race seen in CI: `dvc exp show` opens a running experiment's copy that its end has just removed."""
+    from emotion_pipeline import tune
+    from emotion_pipeline.errors import UserError
+
+    asked = []
+
+    def dvc_failing_first(*args, check=True):
+        asked.append(args)
+        failed = len(asked) <= failures
+        return subprocess.CompletedProcess(args, 255 if failed else 0, "" if failed else "[]", error if failed else "")
+
+    monkeypatch.setattr(tune, "dvc", dvc_failing_first)
+    if read:
+        assert tune.show_experiments(pause_s=0) == []
+    else:
+        with pytest.raises(UserError, match="failed to show experiments"):
+            tune.show_experiments(pause_s=0)
+    assert len(asked) == calls and all(args == ("exp", "show", "--json") for args in asked)
