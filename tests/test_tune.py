@@ -261,31 +261,40 @@ def test_ranges_become_optuna_distributions_and_grids():
 
 
 
+
 VANISHED = "ERROR: failed to show experiments - directory '/p/.dvc/tmp/exps/tmpw6qlic5p/.dvc' does not exist\n"
+HUNG = None  # the command does not answer: subprocess.TimeoutExpired
 
 
 @pytest.mark.parametrize(("failures", "error", "calls", "read"), [
-    (2, VANISHED, 3, True),                                        # a copy removed mid-listing: asked again, read
-    (9, VANISHED, 5, False),                                       # it never settles: its error after 5 tries
+    (2, VANISHED, 3, True),                                          # a copy removed mid-listing: asked again, read
+    (2, HUNG, 3, True),                                              # no answer in time: killed, asked again, read
+    (9, VANISHED, 5, False),                                         # it never settles: its error after 5 tries
+    (9, HUNG, 5, False),
     (1, "ERROR: failed to show experiments - bad yaml\n", 1, False),  # any other failure: at once, not again
 ])
 def test_exp_show_is_asked_again_only_while_a_finished_experiments_copy_vanishes(monkeypatch, failures, error,
                                                                                  calls, read):
-    """The race seen in CI: `dvc exp show` opens a running experiment's copy that its end has just removed."""
+    """The race seen in CI: `dvc exp show` opens a running experiment's copy that its end has just removed, and
+    fails or hangs."""
     from emotion_pipeline import tune
     from emotion_pipeline.errors import UserError
 
     asked = []
 
-    def dvc_failing_first(*args, check=True):
-        asked.append(args)
-        failed = len(asked) <= failures
-        return subprocess.CompletedProcess(args, 255 if failed else 0, "" if failed else "[]", error if failed else "")
+    def dvc_failing_first(*args, check=True, timeout_s=None):
+        asked.append((args, timeout_s))
+        if len(asked) > failures:
+            return subprocess.CompletedProcess(args, 0, "[]", "")
+        if error is HUNG:
+            raise subprocess.TimeoutExpired(args, timeout_s)
+        return subprocess.CompletedProcess(args, 255, "", error)
 
     monkeypatch.setattr(tune, "dvc", dvc_failing_first)
     if read:
         assert tune.show_experiments(pause_s=0) == []
     else:
-        with pytest.raises(UserError, match="failed to show experiments"):
+        with pytest.raises(UserError, match="dvc exp show --json failed: " + ("it did not answer within 120 s"
+                                                                            if error is HUNG else "failed to show")):
             tune.show_experiments(pause_s=0)
-    assert len(asked) == calls and all(args == ("exp", "show", "--json") for args in asked)
+    assert asked == [(("exp", "show", "--json"), tune.EXP_SHOW_TIMEOUT_S)] * calls
