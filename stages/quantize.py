@@ -22,7 +22,6 @@ import pandas as pd
 
 from emotion_pipeline.config import load_params
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.int8 import build_int8
 from emotion_pipeline.io import atomic_dir, write_json, write_text
 from emotion_pipeline.metrics import classification_metrics, with_interval
 from emotion_pipeline.paths import (
@@ -34,7 +33,6 @@ from emotion_pipeline.paths import (
     PREPARED_DIR,
     TEST_DETAILS,
 )
-from emotion_pipeline.predict import ONNX_FILE, load_exported, predict_proba
 from emotion_pipeline.prepared import read_prepared
 from emotion_pipeline.uncertainty import paired_comparison, score_intervals, verdict
 
@@ -55,6 +53,9 @@ def main() -> None:
         write_json(INT8_DETAILS, {"enabled": False})
         log.info("quantize.enabled is false: no int8 model built")
         return
+    # Imported only now: they load torch, transformers and ONNX (seconds), which the placeholder above never needs.
+    from emotion_pipeline.int8 import build_int8
+    from emotion_pipeline.predict import ONNX_FILE, load_exported, predict_proba
 
     splits, labels = read_prepared(PREPARED_DIR)
     test = splits["test"]
