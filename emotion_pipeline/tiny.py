@@ -4,7 +4,7 @@ The pipeline loads it with the same ``from_pretrained(path)`` code as the real Q
 run on it exercises every line of the product in seconds (it learns nothing useful).
 
     python -m emotion_pipeline.tiny models/tiny-qwen3
-    python -m emotion_pipeline.tiny models/tiny-qwen3 --vocab-size 4096 --corpus ../shared/data/emotion/train.txt
+    python -m emotion_pipeline.tiny models/tiny-qwen3 --vocab-size 4096 --corpus ../shared/data/emotion
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+from emotion_pipeline.io import atomic_dir
 
 
 def qwen_tokenizer_dir() -> Path:
@@ -53,24 +55,30 @@ def build_tiny_qwen3(out_dir: Path | str, hidden_size: int = 32, layers: int = 2
     shape.update(overrides)
     config = Qwen3Config(vocab_size=len(tokenizer), tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, **shape)
     torch.manual_seed(seed)
-    Qwen3ForCausalLM(config).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with atomic_dir(out_dir) as staging:  # never a half-saved model folder (Ctrl-C, a full disk)
+        Qwen3ForCausalLM(config).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return out_dir
 
 
-def corpus_lines(path: Path | str) -> list[str]:
-    """The texts of a ``text;label`` file (split on the last ';'), or a plain file's lines."""
-    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    return [line.rsplit(";", 1)[0] for line in lines if line.strip()]
+def train_texts(folder: Path | str) -> list[str]:
+    """The texts of a data folder's train split, read as the prepare stage reads ``data.source`` (any of its four
+    formats, a byte-order mark, CRLF, blank lines; a bad line is a UserError naming it)."""
+    from emotion_pipeline.config import DataConfig
+    from emotion_pipeline.raw_data import load_local_split
+
+    return load_local_split(Path(folder), "train", DataConfig())["text"].tolist()
 
 
 if __name__ == "__main__":
+    from emotion_pipeline.errors import run_command
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--vocab-size", type=int, help="retrain the Qwen3 tokenizer to this size (needs --corpus)")
-    parser.add_argument("--corpus", help="a text;label or plain text file to retrain the tokenizer on")
+    parser.add_argument("--corpus", help="a data folder as data.source takes: the texts of its train split")
     args = parser.parse_args()
     if (args.vocab_size is None) != (args.corpus is None):
         parser.error("--vocab-size and --corpus go together")
-    print(build_tiny_qwen3(args.out_dir, vocab_size=args.vocab_size,
-                           corpus=corpus_lines(args.corpus) if args.corpus else ()))
+    run_command(lambda: print(build_tiny_qwen3(args.out_dir, vocab_size=args.vocab_size,
+                                               corpus=train_texts(args.corpus) if args.corpus else ())))
