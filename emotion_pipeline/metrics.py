@@ -1,4 +1,9 @@
-"""Classification metrics shared by evaluate and baseline, so both write exactly the same keys."""
+"""Classification metrics shared by evaluate and baseline, so both write exactly the same keys.
+
+scikit-learn is imported inside the functions that compute scores, not here: the stages that only format
+scores (export's model card, a disabled quantize stage) import this module too, and sklearn.metrics costs
+about a second of every such process.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,19 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    classification_report,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> float:
     """Unweighted mean of the F1 of every class id 0..num_labels-1 (a class never predicted nor present
     scores 0): the project's model-selection score (best epoch, baseline choice, class bias)."""
+    from sklearn.metrics import f1_score
+
     return float(f1_score(y_true, y_pred, labels=list(range(num_labels)), average="macro", zero_division=0))
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
     return float(accuracy_score(y_true, y_pred))
 
 
@@ -31,6 +33,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[s
     Values are rounded to 6 decimals: enough for any comparison, and it keeps the JSON
     identical across runs that differ only in the last float bits of a sum.
     """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
     y_pred = probs.argmax(axis=1)
     class_ids = list(range(len(labels)))
     result: dict = {"accuracy": accuracy_score(y_true, y_pred), "examples": int(len(y_true))}
@@ -73,11 +77,15 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
 
 
 def report_text(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> str:
+    from sklearn.metrics import classification_report
+
     return classification_report(y_true, y_pred, labels=list(range(len(labels))), target_names=labels,
                                  digits=4, zero_division=0)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    from sklearn.metrics import confusion_matrix
+
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(labels))))
     return pd.DataFrame(matrix, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 
-import pandas as pd
-
 from emotion_pipeline.config import load_params
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.io import atomic_dir, write_json, write_text
@@ -34,7 +32,6 @@ from emotion_pipeline.paths import (
     TEST_DETAILS,
 )
 from emotion_pipeline.prepared import read_prepared
-from emotion_pipeline.uncertainty import paired_comparison, score_intervals, verdict
 
 log = logging.getLogger("quantize")
 
@@ -53,9 +50,13 @@ def main() -> None:
         write_json(INT8_DETAILS, {"enabled": False})
         log.info("quantize.enabled is false: no int8 model built")
         return
-    # Imported only now: they load torch, transformers and ONNX (seconds), which the placeholder above never needs.
+    # Imported only now: they load torch, transformers, ONNX and SciPy (seconds), which the placeholder above
+    # never needs.
+    import pandas as pd
+
     from emotion_pipeline.int8 import build_int8
     from emotion_pipeline.predict import ONNX_FILE, load_exported, predict_proba
+    from emotion_pipeline.uncertainty import paired_comparison, score_intervals, verdict
 
     splits, labels = read_prepared(PREPARED_DIR)
     test = splits["test"]
@@ -82,7 +83,8 @@ def main() -> None:
         versus_fp32 = paired_comparison(y_true, fp32_labels, int8_labels, len(labels), scoring.bootstrap_resamples,
                                         scoring.confidence, scoring.bootstrap_seed)
         size_mb = round(sum(path.stat().st_size for path in staging.glob(f"{ONNX_FILE}*")) / 2**20, 1)
-        write_text(staging / "README.md", _readme(scores, intervals, fp32, versus_fp32, drop, agreement, size_mb))
+        paired_verdict = verdict(versus_fp32, "fp32", "int8")
+        write_text(staging / "README.md", _readme(scores, intervals, fp32, paired_verdict, drop, agreement, size_mb))
     headline = {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
     write_json(INT8_METRICS, headline)  # same keys as metrics/test.json: `dvc metrics show` lines them up
     write_json(INT8_DETAILS, {**headline, "weighted_f1": scores["weighted_f1"], "per_class": scores["per_class"],
@@ -93,7 +95,7 @@ def main() -> None:
              INT8_DIR, size_mb, scores["macro_f1"], fp32["macro_f1"], drop, 100 * agreement)
 
 
-def _readme(scores: dict, intervals: dict, fp32: dict, versus_fp32: dict, drop: float, agreement: float,
+def _readme(scores: dict, intervals: dict, fp32: dict, paired_verdict: str, drop: float, agreement: float,
             size_mb: float) -> str:
     fp32_intervals = fp32.get("intervals")  # evaluate writes them; a hand-made reference may not have them
 
@@ -112,7 +114,7 @@ quantised to int8 (per-channel weights, dynamic activations). Runs with `onnxrun
 
 Macro-F1 drop {drop:+.4f}; labels agree with fp32 on {agreement:.2%} of the test texts; {size_mb} MB on disk.
 On the same texts, paired (bootstrap interval of the difference, McNemar's exact test), int8 against fp32:
-{verdict(versus_fp32, "fp32", "int8")}.
+{paired_verdict}.
 
 ```python
 from emotion_pipeline.predict import load_classifier
