@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,10 @@ import yaml
 # In-process tests load models and datasets too: never wait on the hub (read when huggingface_hub is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# These machines set PYTHONDONTWRITEBYTECODE=1. The stage, dvc and CLI processes the tests start run the project's
+# own modules from a copy of it, so each of them would compile those again: let them keep their bytecode, as
+# Python does by default (git and DVC ignore __pycache__; installed packages were compiled at install).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # Under pytest-xdist the workers share the cores: each worker's torch (in-process, and in every dvc stage,
 # torchrun and Ray process it starts, which inherit this) computes on its share. Else each process runs one
 # OpenMP thread per core, and their spin-waits between the tiny model's small ops take the CPU the other
@@ -296,3 +302,44 @@ def stages_run(output: str) -> set[str]:
 
 def run_stage(project: Path, stage: str, check: bool = False) -> subprocess.CompletedProcess:
     return run(["python", "-m", "stages", stage], cwd=project, check=check)
+
+
+def start_queue_worker(project: Path) -> None:
+    """`dvc queue start`. The worker outlives the command: its output must not go to a pipe we wait on."""
+    subprocess.run([sys.executable, "-m", "dvc", "queue", "start"], cwd=project, env=subprocess_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+
+def finished_experiments(project: Path) -> int:
+    """How many experiments of ``project`` DVC has finished: it keeps each as a git ref, refs/exps/<baseline>/<name>."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=project, check=True,
+                          capture_output=True, text=True).stdout.split()
+    return sum(1 for ref in refs if re.fullmatch(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+", ref))
+
+
+def wait_for_queue(project: Path, experiments: int, timeout: float = 1800) -> str:
+    """Until no experiment of ``project`` is queued or running, ``experiments`` being how many it has when they have
+    all succeeded; returns the last `dvc queue status`.
+
+    That command costs about a second of CPU, which the running experiments need on this 2-core machine, so it is
+    asked every 20 s, and every 2 s once the git refs (a look each second that costs nothing) show every experiment
+    finished; a failure shows there. A worker that stopped with work left is started again: on a loaded machine
+    DVC's worker has been seen to read a half-written message of its file-based broker (kombu), log the JSON error
+    and exit after its task, leaving the next one queued.
+    """
+    now = time.monotonic()
+    deadline, worker_started, next_status = now + timeout, now, now + 20
+    status, refs_done = "(not asked yet)", False
+    while True:
+        if not refs_done and finished_experiments(project) >= experiments:
+            refs_done, next_status = True, time.monotonic()
+        if time.monotonic() >= next_status:
+            status = run(["dvc", "queue", "status"], project).stdout
+            if not any(word in status for word in ("Queued", "Running")):
+                return status
+            if "Running" not in status and "0 active" in status and time.monotonic() - worker_started > 60:
+                start_queue_worker(project)
+                worker_started = time.monotonic()
+            next_status = time.monotonic() + (2 if refs_done else 20)
+        assert time.monotonic() < deadline, f"the queue did not finish:\n{status}"
+        time.sleep(1)

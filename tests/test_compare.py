@@ -14,13 +14,11 @@ import csv
 import io
 import json
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import copy_finished, run, subprocess_env
+from conftest import copy_finished, run, start_queue_worker, wait_for_queue
 
 from emotion_pipeline import aggregate
 from emotion_pipeline.compare import main
@@ -78,26 +76,6 @@ def exp_rows(project: Path) -> dict[str, dict]:
     return {row["Experiment"]: row for row in rows if row["Experiment"]}
 
 
-def start_worker(project: Path) -> None:
-    # The worker outlives the command: its output must not go to a pipe we wait on.
-    subprocess.run([sys.executable, "-m", "dvc", "queue", "start"], cwd=project, env=subprocess_env(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-
-
-def wait_for_queue(project: Path, timeout: float = 1800) -> None:
-    """Until no experiment is queued or running. A worker that stopped with work left is started again:
-    on a loaded machine DVC's worker has been seen to read a half-written message of its file-based
-    broker (kombu), log the JSON error and exit after its task, leaving the next one queued."""
-    deadline = started = time.monotonic()
-    deadline += timeout
-    while any(word in (status := run(["dvc", "queue", "status"], project).stdout) for word in ("Queued", "Running")):
-        assert time.monotonic() < deadline, f"the queue did not finish:\n{status}"
-        if "Running" not in status and "0 active" in status and time.monotonic() - started > 60:
-            start_worker(project)
-            started = time.monotonic()
-        time.sleep(3)
-
-
 @pytest.fixture(scope="module")
 def swept(finished_project: Path, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """The finished tiny project, committed, plus a queued seed sweep of two experiments (one epoch each, no int8 build)."""
@@ -106,8 +84,8 @@ def swept(finished_project: Path, tmp_path_factory) -> tuple[Path, dict[str, dic
     run([*GIT, "commit", "-qm", "tiny pipeline, run"], project)
     run(["dvc", "exp", "run", "--queue", "-S", f"train.seed=range({SEEDS[0]},{SEEDS[-1] + 1})", "-S", "train.epochs=1",
          "-S", "quantize.enabled=false"], project)
-    start_worker(project)
-    wait_for_queue(project)
+    start_queue_worker(project)
+    wait_for_queue(project, experiments=len(SEEDS))
     rows = exp_rows(project)
     assert sorted(int(row["train.seed"]) for row in rows.values()) == list(SEEDS), rows
     assert all(row["State"] == "Success" for row in rows.values()), rows

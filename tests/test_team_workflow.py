@@ -12,13 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import LABELS, copy_project, run, set_params, stages_run, subprocess_env, tiny_params
+from conftest import LABELS, copy_project, run, set_params, stages_run, start_queue_worker, tiny_params, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -41,16 +38,6 @@ def folder_files(folder: Path) -> dict[str, bytes]:
 
 def export_files(project: Path) -> dict[str, bytes]:
     return folder_files(project / "models" / "export")
-
-
-def wait_for_queue(project: Path, timeout: float = 1200) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = run(["dvc", "queue", "status"], project).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            return status
-        assert time.monotonic() < deadline, f"the queue did not finish:\n{status}"
-        time.sleep(2)
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +64,8 @@ def team(tmp_path_factory, small_data: Path, tiny_model: Path) -> dict[str, Path
 
     # A two-point sweep through the queue, then shared: experiments' git refs and their outputs.
     run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={','.join(LEARNING_RATES)}"], a)
-    # The worker it starts outlives the command: its output must not go to a pipe we wait on.
-    subprocess.run([sys.executable, "-m", "dvc", "queue", "start"], cwd=a, env=subprocess_env(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-    wait_for_queue(a)
+    start_queue_worker(a)
+    wait_for_queue(a, experiments=len(LEARNING_RATES))
     run(["dvc", "exp", "push", "origin"], a)
     return {"root": root, "a": a, "origin": origin, "baseline_export": baseline_export}
 
