@@ -61,12 +61,31 @@ def open_storage(url: str):
     """The study's Optuna storage (an RDB URL: SQLite by default, PostgreSQL or MySQL for several machines)."""
     import optuna
 
-    if url.startswith("sqlite:"):
-        # Several processes write one SQLite file (the tune command, each trial's train stage, another tune
-        # command on the same study): wait for its lock, as long as a busy machine needs, rather than fail
-        # with "database is locked".
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 300}})
-    return optuna.storages.RDBStorage(url)
+    if not url.startswith("sqlite:"):
+        return optuna.storages.RDBStorage(url)
+    # Several processes write one SQLite file (the tune command, each trial's train stage, another tune
+    # command on the same study): wait for its lock, as long as a busy machine needs, rather than fail
+    # with "database is locked".
+    wait_for_lock = {"connect_args": {"timeout": 300}}
+    database = sqlite_file(url)
+    if database is None or not database.parent.is_dir():  # in memory, or a folder SQLite's own error will name
+        return optuna.storages.RDBStorage(url, engine_kwargs=wait_for_lock)
+    # Opening creates the file's tables and Optuna's schema version unless they exist, and SQLite's lock does not
+    # cover that check-then-create: two processes opening a new file at once fail with "table studies already
+    # exists" or "UNIQUE constraint failed: alembic_version" (two tune commands started together, or a reader
+    # polling a study while the command creates it). So one process at a time opens it.
+    from filelock import FileLock
+
+    with FileLock(str(database) + ".lock"):
+        return optuna.storages.RDBStorage(url, engine_kwargs=wait_for_lock)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a sqlite: storage URL (relative to the working folder, as SQLAlchemy reads it); None in memory."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return None if not database or database == ":memory:" else Path(database).absolute()
 
 
 def pruning_callback():

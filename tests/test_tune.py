@@ -41,7 +41,10 @@ def tune(project: Path, *args: str, timeout: int = 1800) -> subprocess.Completed
 
 
 def study_trials(project: Path, study: str) -> list:
-    storage = f"sqlite:///{project / 'tune' / 'optuna.db'}"
+    """The study's trials, read as the command and the trials read it (through open_storage)."""
+    from emotion_pipeline.tune_trial import open_storage
+
+    storage = open_storage(f"sqlite:///{project / 'tune' / 'optuna.db'}")
     return optuna.load_study(study_name=study, storage=storage).get_trials()
 
 
@@ -133,7 +136,9 @@ def test_a_killed_study_goes_on_to_exactly_its_number_of_trials(tune_project: Pa
     deadline = time.monotonic() + 600
     while not any(t.state.name == "RUNNING" and t.user_attrs.get("experiment")
                   for t in study_trials_or_none(tune_project, "killed")):
-        assert first.poll() is None and time.monotonic() < deadline, "the first trial was never queued"
+        if first.poll() is not None:
+            pytest.fail(f"tune exited {first.returncode} before its first trial was queued:\n{first.stderr.read()[-5000:]}")
+        assert time.monotonic() < deadline, "the first trial was never queued"
         time.sleep(0.5)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
@@ -172,6 +177,41 @@ def test_a_pruned_trial_stops_and_shows_as_pruned_not_as_a_result(tune_project: 
     log = run(["dvc", "queue", "logs", "pruned-0"], tune_project).stdout
     assert "pruned: tune study 'pruned' trial 0 stops after epoch 1" in log
     assert "| pruned |" in (tune_project / "tune" / "pruned" / "trials.md").read_text()
+
+
+# --------------------------------------------------------------------------- the storage, fast
+
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+
+import optuna
+from emotion_pipeline.tune_trial import open_storage
+
+url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+optuna.create_study(study_name="s", storage=open_storage(url), load_if_exists=True, direction="maximize")
+"""
+
+
+def test_processes_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path: Path):
+    """Opening a new SQLite file creates Optuna's tables: four processes doing it at the same moment (two tune
+    commands started together, a reader polling while the command creates the study) all get the study."""
+    url, go = f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(4)]
+    openers = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, url, str(flag), str(go)], env=subprocess_env(),
+                                stderr=subprocess.PIPE, text=True) for flag in ready]
+    deadline = time.monotonic() + 300  # a guard against a hang: each process imports Optuna first
+    while not all(flag.exists() for flag in ready):
+        assert all(p.poll() is None for p in openers) and time.monotonic() < deadline, "an opener never got ready"
+        time.sleep(0.05)
+    go.touch()
+    for opener in openers:
+        _, err = opener.communicate(timeout=300)
+        assert opener.returncode == 0, err[-3000:]
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["s"]
 
 
 # --------------------------------------------------------------------------- the search space, fast
