@@ -1,4 +1,4 @@
-"""The one exception type for mistakes a user can fix, and the stage entry wrapper that reports it."""
+"""The one exception type for mistakes a user can fix, and the entry wrappers of stages and commands that report it."""
 
 from __future__ import annotations
 
@@ -45,6 +45,28 @@ def run_command(body: Callable[[], object], interrupted: str = "nothing was writ
     except KeyboardInterrupt:
         print(f"interrupted (Ctrl-C): {interrupted}.", file=sys.stderr)
         sys.exit(130)
+
+
+def import_for_command(command: str, *modules: str) -> None:
+    """Import a command's heavy modules (torch and transformers take seconds) before it starts, with Ctrl-C or
+    SIGTERM meanwhile ending the process at once: one line, exit 128 + the signal number, nothing written yet.
+    A KeyboardInterrupt raised there instead would be a traceback, or worse: it can land inside a C++ callback
+    of torch's import, which cannot carry a Python exception and aborts the process. Afterwards the handlers
+    are the earlier ones again, and the command's own handling (run_command) applies."""
+
+    def leave(signum, frame):
+        print(f"interrupted ({signal.Signals(signum).name}): {command} stopped while starting; nothing was written.",
+              file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_stage(module: str) -> None:

@@ -14,9 +14,6 @@ import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
 from emotion_pipeline.io import atomic_dir
 
 
@@ -43,6 +40,9 @@ def build_tiny_qwen3(out_dir: Path | str, hidden_size: int = 32, layers: int = 2
     pipeline adds a fresh classification head. ``overrides`` go to Qwen3Config (e.g. the full-size shapes
     for benchmarks).
     """
+    import torch  # here, not at the top: the command imports it through import_for_command (Ctrl-C)
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
     if vocab_size is not None:
@@ -71,7 +71,7 @@ def train_texts(folder: Path | str) -> list[str]:
 
 
 if __name__ == "__main__":
-    from emotion_pipeline.errors import run_command
+    from emotion_pipeline.errors import import_for_command, run_command
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
@@ -80,5 +80,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if (args.vocab_size is None) != (args.corpus is None):
         parser.error("--vocab-size and --corpus go together")
+    import_for_command("python -m emotion_pipeline.tiny", "torch", "transformers")
     run_command(lambda: print(build_tiny_qwen3(args.out_dir, vocab_size=args.vocab_size,
                                                corpus=train_texts(args.corpus) if args.corpus else ())))

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -343,3 +344,30 @@ def wait_for_queue(project: Path, experiments: int, timeout: float = 1800) -> st
             next_status = time.monotonic() + (2 if refs_done else 20)
         assert time.monotonic() < deadline, f"the queue did not finish:\n{status}"
         time.sleep(1)
+
+
+def importing_torch(pid: int) -> bool:
+    """The stage or command process is importing torch under our handlers (run_stage, import_for_command): they
+    are in place (it catches SIGTERM, which Python alone does not) and torch's native library is loaded, while
+    the imports (torch, then transformers and peft) go on for seconds after that. Seen in /proc, not guessed
+    from a clock: a fixed delay lands before the handlers on a busy machine and after the imports on a fast one."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        return bool(caught & (1 << (signal.SIGTERM - 1))) and "/libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except (OSError, StopIteration):  # gone (the caller's poll() says so) or not yet readable
+        return False
+
+
+def interrupt_when(args: list[str], ready, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Start a command, send it SIGINT (a terminal's Ctrl-C) once ``ready(pid)`` holds, return the finished process."""
+    process = subprocess.Popen(args, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while not ready(process.pid):
+        assert process.poll() is None, f"{args[-1]} finished before it could be interrupted"
+        assert time.monotonic() < deadline, f"the moment to interrupt {args[-1]} never came"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import LABELS, subprocess_env
+from conftest import LABELS, importing_torch, interrupt_when, subprocess_env
 
 from emotion_pipeline.predict import main
 
@@ -121,3 +121,12 @@ def test_the_console_script_reads_stdin(exported):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["line"], r["text"]) for r in records] == [(1, "i feel so happy today"), (3, "so scary")]
     assert "skipped the empty text at line 2" in result.stderr
+
+
+def test_ctrl_c_while_the_console_script_starts_is_one_line_and_exit_130(exported):
+    """SIGINT while emotion-predict still imports torch (its first seconds): one line, exit 130, no traceback."""
+    script = Path(sys.executable).with_name("emotion-predict")
+    result = interrupt_when([str(script), str(exported), "i feel so happy today"], importing_torch)
+    assert result.returncode == 130 and result.stdout == "", (result.returncode, result.stderr[-3000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted (") and "Traceback" not in result.stderr, result.stderr

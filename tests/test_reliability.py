@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_finished, copy_project, hashseed_env, run, subprocess_env, tiny_params
+from conftest import copy_finished, copy_project, hashseed_env, importing_torch, interrupt_when, run, subprocess_env, tiny_params
 
 from emotion_pipeline.checkpoints import COMPLETE_FILE
 
@@ -113,29 +113,7 @@ def test_killed_training_resumes_and_matches_uninterrupted_run(reference_run: Pa
 
 def interrupt_export(project: Path, ready) -> subprocess.CompletedProcess:
     """Start the export stage as dvc runs it, send SIGINT once ``ready(pid)`` holds, return the finished process."""
-    process = subprocess.Popen([sys.executable, "-m", "stages", "export"], cwd=project, env=subprocess_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not ready(process.pid):
-        assert process.poll() is None, "export finished before it could be interrupted"
-        assert time.monotonic() < deadline, "the moment to interrupt the export never came"
-        time.sleep(0.002)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def importing_torch(pid: int) -> bool:
-    """The stage process is inside run_stage, importing torch: its signal handlers are in place (it catches
-    SIGTERM, which Python alone does not) and torch's native library is loaded, while the stage module's
-    imports (torch, then transformers and peft) go on for seconds after that. Seen in /proc, not guessed
-    from a clock: a fixed delay lands before the handlers on a busy machine and after the imports on a fast one."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
-        return bool(caught & (1 << (signal.SIGTERM - 1))) and "/libtorch" in Path(f"/proc/{pid}/maps").read_text()
-    except (OSError, StopIteration):  # gone (the caller's poll() says so) or not yet readable
-        return False
+    return interrupt_when([sys.executable, "-m", "stages", "export"], ready, cwd=project)
 
 
 @pytest.mark.parametrize("moment", ["while-importing-torch", "while-writing-the-new-export"])
