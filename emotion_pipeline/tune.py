@@ -46,6 +46,7 @@ from emotion_pipeline.tune_trial import (
     EPOCH_METRICS,
     PRUNED_AT_EPOCH,
     TRIALS_DIR,
+    absolute_storage_url,
     make_pruner,
     open_storage,
     write_trial_file,
@@ -724,7 +725,7 @@ def run(args: argparse.Namespace) -> None:
     unknown = [target for target in config.targets if target not in stages]
     if unknown:
         raise UserError(f"{args.config}: targets {unknown} are not stages of dvc.yaml ({', '.join(sorted(stages))}).")
-    storage_url = config.storage or f"sqlite:///{(Path.cwd() / DEFAULT_STORAGE_FILE).as_posix()}"
+    storage_url = absolute_storage_url(config.storage or f"sqlite:///{DEFAULT_STORAGE_FILE.as_posix()}")
     (Path.cwd() / STUDY_DIR / TRIALS_DIR.name).mkdir(parents=True, exist_ok=True)
     ignored = subprocess.run(["git", "check-ignore", "-q", str(TRIALS_DIR / "x.json")], capture_output=True).returncode
     if ignored == 128:

@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from emotion_pipeline.errors import UserError
+from emotion_pipeline.errors import UserError, first_line
 
 TRIALS_DIR = Path("tune") / "trials"  # in the project folder the tune command runs in; git-ignored
 PRUNED_AT_EPOCH = "pruned_at_epoch"  # the trial's user attribute: the epoch after which it stopped
@@ -80,6 +80,18 @@ def open_storage(url: str):
         return optuna.storages.RDBStorage(url, engine_kwargs=wait_for_lock)
 
 
+def absolute_storage_url(url: str) -> str:
+    """The storage URL with a sqlite: file made absolute (SQLAlchemy reads a relative one from the working folder).
+    Each trial's train stage opens the study too, from the copy of the project DVC runs it in (.dvc/tmp/exps/):
+    there a relative file would be another one, in a tune/ folder that is not there (it is git-ignored)."""
+    database = sqlite_file(url) if url.startswith("sqlite:") else None
+    if database is None:
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=database.as_posix()).render_as_string(hide_password=False)
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file of a sqlite: storage URL (relative to the working folder, as SQLAlchemy reads it); None in memory."""
     from sqlalchemy.engine import make_url
@@ -100,8 +112,13 @@ def pruning_callback():
     import optuna
     from transformers import TrainerCallback  # here, not above: the tune command imports this module too
 
-    study = optuna.load_study(study_name=record["study"], storage=open_storage(record["storage"]),
-                              pruner=make_pruner(record["pruner"]))
+    try:
+        study = optuna.load_study(study_name=record["study"], storage=open_storage(record["storage"]),
+                                  pruner=make_pruner(record["pruner"]))
+    except Exception as exc:  # noqa: BLE001  SQLAlchemy/driver errors share no base class worth naming here
+        raise UserError(f"tune trial {experiment}: cannot open its study '{record['study']}' in {record['storage']} "
+                        f"({first_line(exc)}). The storage must be reachable from where the experiment runs (a "
+                        f"sqlite: file by its absolute path, or a database server).") from None
     trial = optuna.trial.Trial(study, record["trial_id"])
 
     class ReportToTrial(TrainerCallback):

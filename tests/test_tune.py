@@ -161,14 +161,16 @@ def study_trials_or_none(project: Path, study: str) -> list:
 @pytest.mark.slow
 def test_a_pruned_trial_stops_and_shows_as_pruned_not_as_a_result(tune_project: Path):
     """A threshold no trial can reach prunes the trial after its first epoch: pruned in Optuna, Failed in
-    `dvc exp show` (never a finished experiment with a score), and the reason in its DVC log."""
+    `dvc exp show` (never a finished experiment with a score), and the reason in its DVC log. The storage is
+    given as a relative sqlite: URL (the default file, named as a user would): the trial's train stage, run in
+    DVC's copy of the project, must still find it to report its epoch."""
     params = yaml.safe_load((tune_project / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     (tune_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([*GIT, "commit", "-qam", "two epochs"], tune_project)
     write_tune_file(tune_project, study="pruned", trials=1, pruner="threshold", prune_below=1.01,
                     space={"train.lr": {"low": 1e-4, "high": 1e-3, "log": True}})
-    result = tune(tune_project)
+    result = tune(tune_project, "--storage", "sqlite:///tune/optuna.db")
     assert "pruned after epoch 1" in result.stderr, result.stderr
     (trial,) = study_trials(tune_project, "pruned")
     assert trial.state.name == "PRUNED" and trial.user_attrs["pruned_at_epoch"] == 1
@@ -212,6 +214,16 @@ def test_processes_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path: Path)
         _, err = opener.communicate(timeout=300)
         assert opener.returncode == 0, err[-3000:]
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["s"]
+
+
+def test_a_relative_sqlite_storage_is_made_absolute_other_urls_are_kept(tmp_path: Path, monkeypatch):
+    from emotion_pipeline.tune_trial import absolute_storage_url
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_storage_url("sqlite:///tune/optuna.db") == f"sqlite:///{tmp_path.as_posix()}/tune/optuna.db"
+    assert absolute_storage_url("sqlite:///tune/a.db?timeout=5") == f"sqlite:///{tmp_path.as_posix()}/tune/a.db?timeout=5"
+    for url in (f"sqlite:///{tmp_path.as_posix()}/x.db", "sqlite://", "postgresql://user:secret@db-host/optuna"):
+        assert absolute_storage_url(url) == url
 
 
 # --------------------------------------------------------------------------- the search space, fast
