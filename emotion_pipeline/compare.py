@@ -9,7 +9,8 @@ baseline (metrics/baseline_predictions.csv, A) with its fine-tune (B).
 
 It prints, for accuracy and macro-F1, both scores with their bootstrap intervals, the difference
 B − A with a paired-bootstrap interval, McNemar's exact test on the texts where exactly one model is
-right, and a one-line verdict (emotion_pipeline.uncertainty does the statistics). Predictions over
+right, and a one-line verdict (emotion_pipeline.uncertainty does the statistics), then the lines of the
+two sides' environment blocks that differ (versions, torch build, CPU, threads: why the last bits may differ). Predictions over
 different test sets (other texts, another order) are refused, never compared. Bad input (an unknown
 revision, a revision without predictions) exits 2 with one paragraph, as the stages do.
 
@@ -28,9 +29,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from emotion_pipeline.config import MetricsConfig
+from emotion_pipeline.environment import environment_differences
 from emotion_pipeline.errors import UserError, first_line, run_command
 from emotion_pipeline.metrics import format_interval, with_interval
-from emotion_pipeline.paths import BASELINE_PREDICTIONS, PREDICTIONS
+from emotion_pipeline.paths import BASELINE_PREDICTIONS, PREDICTIONS, TEST_DETAILS, TRAIN_RUN_INFO
 from emotion_pipeline.uncertainty import COMPARED_SCORES, paired_comparison, paired_labels, score_intervals, verdict
 
 WORKSPACE = "workspace"
@@ -104,6 +106,38 @@ def read_predictions(side: Side) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text), keep_default_na=False)
 
 
+# Where each side's environment blocks are (emotion_pipeline.environment): the run that trained it, the one that scored it.
+ENVIRONMENT_FILES = {"train": TRAIN_RUN_INFO, "evaluate": TEST_DETAILS}
+
+
+def read_environments(side: Side) -> dict[str, dict | None]:
+    """A side's environment blocks by stage; None where a file or its block is missing (an older run, a cache gap):
+    the comparison of predictions does not depend on them."""
+    import dvc.api
+
+    environments = {}
+    for stage, path in ENVIRONMENT_FILES.items():
+        try:
+            environments[stage] = json.loads(dvc.api.read(str(path), rev=side.commit)).get("environment")
+        except Exception:  # noqa: BLE001  any reason it cannot be read only means there is nothing to show
+            environments[stage] = None
+    return environments
+
+
+def environment_section(a: dict[str, dict | None], b: dict[str, dict | None]) -> list[str]:
+    """The lines of the environment blocks in which A and B differ, per stage ('the same' when none do)."""
+    lines = []
+    for stage in ENVIRONMENT_FILES:
+        if a.get(stage) is None or b.get(stage) is None:
+            missing = " and ".join(side for side, envs in (("A", a), ("B", b)) if envs.get(stage) is None)
+            lines.append(f"  {stage}: no environment block recorded for {missing} (a run from before they were written)")
+            continue
+        differences = environment_differences(a[stage], b[stage])
+        lines += [f"  {stage}: the same on both sides"] if not differences else \
+            [f"  {stage}: {key}: {first} (A) -> {second} (B)" for key, first, second in differences]
+    return lines
+
+
 def compare(a: Side, b: Side, resamples: int, confidence: float, seed: int) -> dict:
     """Both sides' scores with intervals, the paired comparison B − A, and the verdict, as one dict."""
     table_a, table_b = read_predictions(a), read_predictions(b)
@@ -116,7 +150,8 @@ def compare(a: Side, b: Side, resamples: int, confidence: float, seed: int) -> d
             "b": {"name": b.name, "commit": b.commit, "file": b.path},
             **comparison,
             "intervals": {side: {score: intervals[score] for score in COMPARED_SCORES} for side, intervals in own.items()},
-            "verdict": verdict(comparison)}
+            "verdict": verdict(comparison),
+            "environment": {"a": read_environments(a), "b": read_environments(b)}}
 
 
 def report(a: Side, b: Side, result: dict) -> str:
@@ -141,6 +176,9 @@ def report(a: Side, b: Side, result: dict) -> str:
         f"McNemar's exact test: A alone is right on {test['only_a_right']} texts, B alone on {test['only_b_right']}: "
         f"p = {test['p_value']:.3g}.",
         f"Verdict: {result['verdict']}",
+        "",
+        "Environment (what computed each side; the lines in which they differ):",
+        *environment_section(result["environment"]["a"], result["environment"]["b"]),
     ]) + "\n"
 
 

@@ -126,6 +126,10 @@ class ComputeConfig(Section):
     deterministic: bool = Field(
         True, description="Deterministic kernels, so the same params and data give the same weights. On a GPU, ops "
         "without a deterministic CUDA kernel then warn instead of failing; false: faster, not bit-reproducible.")
+    portable: bool = Field(
+        False, description="Cap the CPU kernel dispatch at AVX2 (ATen, MKL, oneDNN), so a CPU run gives the same bytes on "
+        "any x86-64 host with AVX2, not only on hosts of one CPU kind; costs speed on CPUs with AVX-512 or AMX. Set "
+        "before torch loads (python -m stages does it) and recorded in each output's environment block.")
     nproc_per_node: int = Field(1, gt=0, description="Training processes per machine (one per GPU); above 1 (or with "
                                 "nnodes above 1), train runs under torchrun.")
     nnodes: int = Field(1, gt=0, description="Machines taking part in one training run (torchrun --nnodes).")

@@ -9,6 +9,10 @@ PARAMS_FILE = Path("params.yaml")
 RAW_DATA_DIR = Path("data/raw")  # datasets for data.source; a dep of prepare
 BASE_MODELS_DIR = Path("models/base")  # base models for model.name; a dep of train, evaluate, export
 TRACKED_INPUTS = (RAW_DATA_DIR, BASE_MODELS_DIR)
+# The locked runtime environment (exact versions and hashes; `bash requirements/update` writes it): a dep of every
+# stage, since the versions of torch, transformers, scikit-learn... decide the last bits of every result. Dev-only
+# tools are locked apart (requirements/dev.txt), so bumping them re-runs nothing.
+RUNTIME_LOCK = Path("requirements/runtime.txt")
 
 # prepare
 PREPARED_DIR = Path("data/prepared")  # {train,validation,test}.parquet + labels.json (emotion_pipeline.prepared)
@@ -17,6 +21,7 @@ DATA_REPORT = Path("metrics/data_report.json")
 # train
 ADAPTER_DIR = Path("models/adapter")  # LoRA weights, classification head, tokenizer (lora.enabled false: the whole model)
 TRAINING_PARAMS_FILE = "training_params.json"  # inside ADAPTER_DIR: the params it was trained with
+ENVIRONMENT_FILE = "environment.json"  # inside ADAPTER_DIR: the environment it was trained in (the model card shows it)
 CHECKPOINT_DIR = Path("models/checkpoints")  # crash recovery; scratch, not a DVC output (dvc.yaml says why)
 TRAIN_LOG_DIR = Path("metrics/train_log")  # dvclive: loss and validation metrics per step
 TRAIN_METRICS = Path("metrics/train.json")  # headline for `dvc metrics show`: best validation scores, epoch

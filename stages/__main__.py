@@ -6,11 +6,17 @@ Ctrl-C are reported in one line even while torch is still being imported.
 
 import sys
 
+from emotion_pipeline.environment import pin_kernel_dispatch, portable_requested
 from emotion_pipeline.errors import run_stage
 
 STAGES = ("prepare", "train", "evaluate", "export", "quantize", "baseline")
+# The stages that compute with torch: compute.portable caps their kernel dispatch, which torch reads once, when
+# it loads, so it is set here, before the stage module imports torch (each of them checks it and records it).
+TORCH_STAGES = ("train", "evaluate", "export", "quantize")
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in STAGES:
         sys.exit(f"usage: python -m stages {{{','.join(STAGES)}}}")
+    if sys.argv[1] in TORCH_STAGES:
+        pin_kernel_dispatch(portable_requested())
     run_stage(f"stages.{sys.argv[1]}")

@@ -22,6 +22,7 @@ from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import make_pipeline
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.environment import environment_record
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.metrics import (
     accuracy,
@@ -73,6 +74,7 @@ def main() -> None:
     metrics = classification_metrics(y_true, probs, labels, scoring.calibration_bins)
     metrics["intervals"] = score_intervals(y_true, probs.argmax(axis=1), labels, scoring.bootstrap_resamples,
                                            scoring.confidence, scoring.bootstrap_seed)
+    metrics["environment"] = environment_record()
     write_json(BASELINE_METRICS, headline(metrics))
     write_json(BASELINE_DETAILS, metrics)
     write_json(BASELINE_CHOICE, {"chosen": chosen, "validation_macro_f1": best["validation_macro_f1"],

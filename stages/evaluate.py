@@ -20,6 +20,7 @@ import pandas as pd
 from emotion_pipeline.class_bias import carry_stored_bias
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import choose_device
+from emotion_pipeline.environment import check_kernel_dispatch, environment_record
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.metrics import (
     classification_metrics,
@@ -50,6 +51,7 @@ log = logging.getLogger("evaluate")
 def main() -> None:
     params = load_params()
     cfg = params.evaluate
+    check_kernel_dispatch(params.compute.portable, "evaluate")
     splits, labels = read_prepared(PREPARED_DIR)
     test = splits["test"]
 
@@ -66,6 +68,7 @@ def main() -> None:
     metrics = classification_metrics(y_true, probs, labels, scoring.calibration_bins)
     metrics["intervals"] = score_intervals(y_true, y_pred, labels, scoring.bootstrap_resamples, scoring.confidence,
                                            scoring.bootstrap_seed)
+    metrics["environment"] = environment_record(device)
     table = predictions_table(test["text"].tolist(), y_true, probs, labels)
     versus, section = against_baseline(table, labels, scoring)
 

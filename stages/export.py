@@ -20,12 +20,14 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from emotion_pipeline.class_bias import carry_stored_bias, config_bias, shift_probs
 from emotion_pipeline.config import load_params
 from emotion_pipeline.device import choose_device
+from emotion_pipeline.environment import check_kernel_dispatch, environment_lines, environment_record
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.metrics import format_interval, per_class_table
 from emotion_pipeline.modeling import load_adapter_model, merged
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     DATA_REPORT,
+    ENVIRONMENT_FILE,
     EXPORT_CHECK,
     EXPORT_DIR,
     PREPARED_DIR,
@@ -46,6 +48,7 @@ class ExportMismatch(RuntimeError):
 def main() -> None:
     params = load_params()
     cfg = params.export
+    check_kernel_dispatch(params.compute.portable, "export")
     splits, labels = read_prepared(PREPARED_DIR)
     sample = splits["test"]["text"].tolist()[: cfg.check_samples]
 
@@ -62,8 +65,8 @@ def main() -> None:
         tokenizer.save_pretrained(staging)
         exported, exported_tokenizer = load_exported(str(staging), device=str(device))
         export_probs = predict_proba(exported, exported_tokenizer, sample, max_length=params.model.max_length)
-        check = _compare(adapter_probs, export_probs, cfg.max_prob_diff)
-        model_card(params, labels, config_bias(model.config)).save(staging / "README.md")
+        check = {**_compare(adapter_probs, export_probs, cfg.max_prob_diff), "environment": environment_record(device)}
+        model_card(params, labels, config_bias(model.config), check["environment"]).save(staging / "README.md")
     write_json(EXPORT_CHECK, check)
     log.info("exported to %s; %d sample predictions match the adapter (max prob diff %.2e)",
              EXPORT_DIR, check["samples"], check["max_prob_diff"])
@@ -90,7 +93,7 @@ def hub_id_of(name: str) -> str | None:
     return origin if origin and not isinstance(resolve_source(origin, "model.name", "a hub id"), Path) else None
 
 
-def model_card(params, labels: list[str], logit_bias: np.ndarray | None = None) -> ModelCard:
+def model_card(params, labels: list[str], logit_bias: np.ndarray | None = None, environment: dict | None = None) -> ModelCard:
     """The export's README.md: HF card metadata (base model, dataset, pipeline tag, a model-index with the
     real test metrics) and a body with per-class scores, usage and the training params.
 
@@ -177,4 +180,14 @@ Or from the shell: `emotion-predict {EXPORT_DIR} "i feel so happy today"` (JSON 
 {json.dumps(training, indent=2, sort_keys=True)}
 ```
 """
+    trained_in = ADAPTER_DIR / ENVIRONMENT_FILE
+    environments = [("Trained", json.loads(trained_in.read_text()) if trained_in.is_file() else None),
+                    ("Exported", environment)]
+    body += "".join(f"""
+## {when} in
+
+```
+{chr(10).join(environment_lines(record))}
+```
+""" for when, record in environments if record)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.environment import environment_record
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.paths import DATA_REPORT, PREPARED_DIR
 from emotion_pipeline.prepared import SPLITS, write_prepared
@@ -31,6 +32,7 @@ def main() -> None:
 
     report = data_report(splits, cfg.labels)
     report["source"] = {"data.source": cfg.source, "data.revision": cfg.revision}  # which data this run used
+    report["environment"] = environment_record()  # which versions read and wrote it
     for warning in report["warnings"]:
         log.warning(warning)
     for pair, count in report["overlap"].items():

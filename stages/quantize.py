@@ -19,6 +19,7 @@ import json
 import logging
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.environment import check_kernel_dispatch, environment_record
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.io import atomic_dir, write_json, write_text
 from emotion_pipeline.metrics import classification_metrics, with_interval
@@ -43,6 +44,7 @@ class QuantisationTooLossy(UserError):
 def main() -> None:
     params = load_params()
     cfg = params.quantize
+    check_kernel_dispatch(params.compute.portable, "quantize")
     if not cfg.enabled:
         with atomic_dir(INT8_DIR) as staging:
             write_text(staging / "README.md", "No int8 model: quantize.enabled is false in params.yaml.\n")
@@ -90,7 +92,7 @@ def main() -> None:
     write_json(INT8_DETAILS, {**headline, "weighted_f1": scores["weighted_f1"], "per_class": scores["per_class"],
                               "intervals": intervals, "fp32_accuracy": fp32["accuracy"], "fp32_macro_f1": fp32["macro_f1"],
                               "macro_f1_drop": drop, "agreement_with_fp32": agreement, "vs_fp32": versus_fp32,
-                              "size_mb": size_mb, "fusions": fusions})
+                              "size_mb": size_mb, "fusions": fusions, "environment": environment_record()})
     log.info("int8 model in %s (%.1f MB): test macro-F1 %.4f (fp32 %.4f, drop %.4f), labels agree with fp32 on %.2f%%",
              INT8_DIR, size_mb, scores["macro_f1"], fp32["macro_f1"], drop, 100 * agreement)
 

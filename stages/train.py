@@ -27,11 +27,12 @@ from sklearn.metrics import f1_score
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import enable_full_determinism
 
-from emotion_pipeline.checkpoints import MarkCheckpointComplete, finish, resume_point, run_fingerprint, step_of
+from emotion_pipeline.checkpoints import MarkCheckpointComplete, finish, is_rank0, resume_point, run_inputs, step_of
 from emotion_pipeline.class_bias import fit_on_validation, write_class_bias
 from emotion_pipeline.config import ComputeConfig, TrainConfig, load_params
 from emotion_pipeline.device import best_dtype, choose_device
 from emotion_pipeline.distributed import LogWeightsChecksum, die_with_launcher, run_torchrun, torchrun_args
+from emotion_pipeline.environment import check_kernel_dispatch, environment_record
 from emotion_pipeline.errors import UserError, under_torchrun
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.metrics import accuracy, macro_f1
@@ -39,6 +40,7 @@ from emotion_pipeline.modeling import add_lora, load_classifier_base, load_token
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     CHECKPOINT_DIR,
+    ENVIRONMENT_FILE,
     PREPARED_DIR,
     TRAIN_DETAILS,
     TRAIN_LOG_DIR,
@@ -56,6 +58,7 @@ log = logging.getLogger("train")
 def main() -> None:
     params = load_params()
     model_cfg, train_cfg, compute = params.model, params.train, params.compute
+    check_kernel_dispatch(compute.portable, "train")
     splits, labels = read_prepared(PREPARED_DIR)
     location = resolve_model(model_cfg.name)
 
@@ -84,8 +87,10 @@ def main() -> None:
     # many processes as wrote it: their data shards and RNG states).
     args = training_arguments(train_cfg, compute, device, dtype)
     train_params = params.model_dump(include={"model", "lora", "train"})
-    fingerprint = run_fingerprint({**train_params, "world_size": args.world_size}, PREPARED_DIR)
-    resume_from = resume_point(CHECKPOINT_DIR, fingerprint)
+    # What decides this run (params, processes, and every file train depends on: code, runtime lock, prepared
+    # data, base model), hashed by global rank 0 alone; a checkpoint of other inputs is never resumed.
+    inputs = run_inputs(train_params, args.world_size, location) if is_rank0() else None
+    resume_from = resume_point(CHECKPOINT_DIR, inputs)
     trainer = build_trainer(model, tokenizer, args, train_set, validation_set, train_cfg, labels,
                             splits["train"]["label"].to_numpy())
     if trainer.is_world_process_zero():
@@ -104,7 +109,7 @@ def main() -> None:
             fit_on_validation(np.asarray(validation.predictions), validation.label_ids, labels)
         run_info = run_record(device, dtype, train_cfg, args.world_size, resume_from, runtime, result.metrics)
         write_outputs(trainer, tokenizer, labels, train_params, class_bias, bias_record, run_info)
-        finish(CHECKPOINT_DIR, fingerprint)  # the adapter is safe; checkpoints only served crash recovery
+        finish(CHECKPOINT_DIR, inputs)  # the adapter is safe; checkpoints only served crash recovery
 
 
 def build_trainer(model, tokenizer, args: TrainingArguments, train_set, validation_set, cfg: TrainConfig,
@@ -194,6 +199,7 @@ def run_record(device: torch.device, dtype: torch.dtype, cfg: TrainConfig, proce
         "resumed_from_step": step_of(resumed_from),
         "runtime_s": round(runtime, 1),
         "train_samples_per_second": round(trainer_metrics.get("train_samples_per_second", 0.0), 2),
+        "environment": environment_record(device, dtype),
     }
 
 
@@ -217,6 +223,7 @@ def write_outputs(trainer: Trainer, tokenizer, labels: list[str], train_params: 
         if class_bias is not None:  # evaluate and export put it into the model (emotion_pipeline.class_bias)
             write_class_bias(staging, class_bias, labels)
         (staging / TRAINING_PARAMS_FILE).write_text(json.dumps(train_params, indent=2, sort_keys=True) + "\n")
+        write_json(staging / ENVIRONMENT_FILE, run_info["environment"])  # the model card shows what trained it
 
     history = trainer.state.log_history
     best = max((entry for entry in history if "eval_macro_f1" in entry), key=lambda entry: entry["eval_macro_f1"])

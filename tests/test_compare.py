@@ -21,6 +21,7 @@ import pytest
 from conftest import copy_finished, run, start_queue_worker, wait_for_queue
 
 from emotion_pipeline import aggregate
+from emotion_pipeline import compare as compare_module
 from emotion_pipeline.compare import main
 from emotion_pipeline.errors import UserError
 
@@ -64,6 +65,16 @@ def test_aggregate_groups_runs_that_differ_only_in_their_seed(monkeypatch):
         aggregate.groups(rows, ["nope"], None)
     with pytest.raises(UserError, match="two or more"):
         aggregate.groups(rows, [], "alone")
+
+
+def test_the_environment_section_lists_the_lines_that_differ_per_stage():
+    """The upgrade workflow's answer to "what changed": after a lock update, the versions that moved."""
+    old = {"cpu": "AMD EPYC", "versions": {"transformers": "5.24.0", "peft": "0.21.2"}}
+    new = {"cpu": "AMD EPYC", "versions": {"transformers": "5.25.0", "peft": "0.21.2"}}
+    assert compare_module.environment_section({"train": old, "evaluate": old}, {"train": new, "evaluate": None}) == [
+        "  train: transformers: 5.24.0 (A) -> 5.25.0 (B)",
+        "  evaluate: no environment block recorded for B (a run from before they were written)",
+    ]
 
 
 def compare(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -111,6 +122,8 @@ def test_compare_reads_queued_experiments_through_dvc_and_reports_the_paired_sta
     assert f"B: metrics/predictions.csv of experiment {second}, commit " in shown
     assert "300 test texts, the same on both sides; 95% intervals from 2000 bootstrap resamples" in shown
     assert "McNemar's exact test: A alone is right on " in shown and "\nVerdict: " in shown
+    # Both seeds ran in this one environment: compare says so, stage by stage.
+    assert "  train: the same on both sides\n  evaluate: the same on both sides" in shown
 
     result = json.loads(compare(project, first, second, "--json").stdout)
     # Each side's scores are the ones its own run wrote into metrics/test.json, as `dvc exp show` lists them.

@@ -115,7 +115,7 @@ def test_data_deps_are_exactly_what_the_stage_reads(name):
     outs = declared_outs()
     module_path = module_file(stage_module(stage))
     read = {path for path in named_path_constants(module_path) if path in outs and outs[path] != name}
-    inputs = {str(folder) for folder in paths.TRACKED_INPUTS}
+    inputs = {str(folder) for folder in paths.TRACKED_INPUTS} | {str(paths.RUNTIME_LOCK)}
     users = project_closure(stage_module(stage)) - {module_file("emotion_pipeline.paths")}  # where they are defined
     read |= {path for module in users for path in named_path_constants(module) if path in inputs}
     declared = {dep for dep in stage["deps"] if not is_code(dep)}

@@ -1,0 +1,127 @@
+"""What computed a result: the environment block each stage writes beside its outputs, and portable kernel dispatch.
+
+Same params, code, data and locked environment give the same bytes on the same kind of CPU. When two runs differ,
+their environment blocks say why: the lock they were installed from, the versions that decide results, the torch
+build and the CPU instruction set its kernels dispatch to, the CPU model, threads, device and dtype.
+
+``compute.portable`` caps that dispatch at AVX2 (ATen's kernels, MKL's code path, oneDNN's ISA), so the last bits of
+a CPU run no longer depend on whether the host has AVX-512 or AMX. The caps are environment variables that torch and
+its libraries read once, when they load: ``python -m stages`` sets them before it imports a stage
+(pin_kernel_dispatch), and torchrun's workers inherit them. A stage checks the pins it finds against its params
+(check_kernel_dispatch), so a run can never record a mode it did not have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from emotion_pipeline.errors import UserError
+from emotion_pipeline.paths import PARAMS_FILE, RUNTIME_LOCK
+
+# The packages whose versions decide what a stage computes (and how it reads and writes).
+RESULT_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "numpy",
+                   "scikit-learn", "scipy", "pandas", "pyarrow", "onnx", "onnxscript", "onnxruntime", "dvc", "dvclive")
+
+# compute.portable: the kernel dispatch capped at AVX2, which every x86-64 CPU of the last decade has.
+PORTABLE_DISPATCH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def pin_kernel_dispatch(portable: bool) -> None:
+    """Set (portable) the dispatch caps for this process and its children; call before torch is imported."""
+    if portable:
+        os.environ.update(PORTABLE_DISPATCH)
+
+
+def portable_requested(params_file: Path = PARAMS_FILE) -> bool:
+    """compute.portable as params.yaml says it, read before torch loads; anything unreadable counts as false here
+    and is reported by the stage's own load_params, in one paragraph naming the key."""
+    try:
+        compute = (yaml.safe_load(params_file.read_text()) or {}).get("compute") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    return compute.get("portable") is True
+
+
+def check_kernel_dispatch(portable: bool, stage: str) -> None:
+    """The stage computes in the mode its params ask for, or stops here (before any work) saying why."""
+    pinned = all(os.environ.get(name) == value for name, value in PORTABLE_DISPATCH.items())
+    if portable and not pinned:
+        raise UserError(f"compute.portable is true, but the {stage} stage was started without the kernel dispatch "
+                        f"pinned ({', '.join(f'{k}={v}' for k, v in PORTABLE_DISPATCH.items())}), which must be set "
+                        f"before torch is imported: run it as `python -m stages {stage}` (as dvc.yaml does), or set "
+                        f"those variables yourself.")
+
+
+def runtime_lock_sha256(lock: Path = RUNTIME_LOCK) -> str | None:
+    """sha256 of the runtime lock the project holds (None when there is none, e.g. the package used as a library)."""
+    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, as Linux reports it ('AMD EPYC 9B14'), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment_record(device=None, dtype=None) -> dict:
+    """The environment block of a stage's outputs. Deterministic on one host: no time, host name or path in it.
+
+    The torch lines (build, CPU capability, threads) are there when the stage computed with torch; a stage
+    that never imports torch (prepare, baseline) is not made to import it to be described.
+    """
+    record: dict = {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu": cpu_model(),
+        "runtime_lock_sha256": runtime_lock_sha256(),
+        "kernel_dispatch": ", ".join(f"{name}={os.environ[name]}" for name in PORTABLE_DISPATCH if name in os.environ)
+        or "default",
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        record["torch_build"] = f"cuda {torch.version.cuda}" if torch.version.cuda else "cpu"
+        record["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        record["threads"] = torch.get_num_threads()
+    if device is not None:
+        record["device"] = str(device)
+        if getattr(device, "type", None) == "cuda":
+            record["gpu"] = torch.cuda.get_device_name(device)
+            record["cudnn"] = torch.backends.cudnn.version()
+    if dtype is not None:
+        record["dtype"] = str(dtype).removeprefix("torch.")
+    record["versions"] = {name: package_version(name) for name in RESULT_PACKAGES}
+    return record
+
+
+def environment_lines(record: dict) -> list[str]:
+    """The block as 'key: value' lines (versions one per line), for model cards, comparisons and messages."""
+    lines = [f"{key}: {value}" for key, value in record.items() if key != "versions"]
+    lines += [f"{name}: {version or 'not installed'}" for name, version in record.get("versions", {}).items()]
+    return lines
+
+
+def environment_differences(a: dict | None, b: dict | None) -> list[tuple[str, str, str]]:
+    """(key, value in a, value in b) for each line in which two environment blocks differ, in a's order."""
+    first = dict(line.split(": ", 1) for line in environment_lines(a or {}))
+    second = dict(line.split(": ", 1) for line in environment_lines(b or {}))
+    keys = list(first) + [key for key in second if key not in first]
+    return [(key, first.get(key, "-"), second.get(key, "-")) for key in keys if first.get(key) != second.get(key)]
