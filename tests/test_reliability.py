@@ -5,7 +5,8 @@
   weights included. Only metrics/train_run.json (wall time, throughput) differs by design.
 - A forced re-run of a stage leaves `dvc status` clean: nothing downstream looks changed.
 - Training killed with SIGKILL after a checkpoint resumes on the next `dvc repro` and ends with
-  the same outputs as an uninterrupted run.
+  the same outputs as an uninterrupted run; after an edit of a code dependency of train or of a
+  base-model file it starts from step 0 instead, and says which file changed.
 - Ctrl-C in a stage, while it imports torch or while it writes its new output, exits 130 with one
   line and leaves the earlier outputs as they were.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +28,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_finished, copy_project, hashseed_env, importing_torch, interrupt_when, run, subprocess_env, tiny_params
+from conftest import (
+    copy_finished,
+    copy_project,
+    hashseed_env,
+    importing_torch,
+    interrupt_when,
+    run,
+    set_params,
+    subprocess_env,
+    tiny_params,
+)
 
 from emotion_pipeline.checkpoints import COMPLETE_FILE
 
@@ -85,14 +97,12 @@ def complete_checkpoints(project: Path) -> list[Path]:
     return [path.parent for path in (project / "models/checkpoints").glob(f"checkpoint-*/{COMPLETE_FILE}")]
 
 
-def test_killed_training_resumes_and_matches_uninterrupted_run(reference_run: Path, tmp_path: Path,
-                                                                 small_data, tiny_model) -> None:
-    project = copy_project(tmp_path / "killed", reliability_params(small_data, tiny_model))
-    run(["dvc", "repro", "prepare"], project)
-
-    # Start training, wait for the first complete checkpoint, then SIGKILL dvc and the stage process.
-    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def kill_training_after_a_checkpoint(project: Path, *repro_args: str) -> int:
+    """Start training as `dvc repro train` does, SIGKILL dvc and the stage process once a checkpoint is complete;
+    return its step."""
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *repro_args, "train"], cwd=project,
+                               env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     deadline = time.monotonic() + 600
     while not complete_checkpoints(project):
         assert process.poll() is None, "training ended before writing a checkpoint"
@@ -100,8 +110,19 @@ def test_killed_training_resumes_and_matches_uninterrupted_run(reference_run: Pa
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    assert not (project / "models/checkpoints/fingerprint.json").read_text().count('"finished": true'), \
+        "training finished before the kill; nothing was tested"
+    return max(int(path.name.split("-")[1]) for path in complete_checkpoints(project))
+
+
+def test_killed_training_resumes_and_matches_uninterrupted_run(reference_run: Path, tmp_path: Path,
+                                                                 small_data, tiny_model) -> None:
+    project = copy_project(tmp_path / "killed", reliability_params(small_data, tiny_model))
+    run(["dvc", "repro", "prepare"], project)
+
+    # Start training, wait for the first complete checkpoint, then SIGKILL dvc and the stage process.
+    killed_at = kill_training_after_a_checkpoint(project)
     assert not (project / "models/adapter").exists(), "training finished before the kill; nothing was tested"
-    killed_at = max(int(path.name.split("-")[1]) for path in complete_checkpoints(project))
 
     # The next repro resumes from the checkpoint rather than starting over, and finishes the job.
     resumed = run(["dvc", "repro"], project)
@@ -109,6 +130,35 @@ def test_killed_training_resumes_and_matches_uninterrupted_run(reference_run: Pa
     run_info = json.loads((project / "metrics/train_run.json").read_text())
     assert run_info["resumed_from_step"] >= killed_at > 0
     assert_same_outputs(reference_run, project)
+
+
+def test_after_a_kill_a_changed_code_dependency_or_base_model_restarts_training_and_says_why(
+        tmp_path: Path, small_data, tiny_model) -> None:
+    """A resumed run never mixes two versions: trained half by the old code (or on the old base model) and half by
+    the new, while dvc.lock credits the new."""
+    project = copy_project(tmp_path / "changed", reliability_params(small_data, tiny_model))
+    shutil.copytree(tiny_model, project / "models/base/tiny")  # a base model of its own, to change
+    set_params(project, {"model": {"name": "models/base/tiny"}})
+    run(["dvc", "repro", "prepare"], project)
+
+    killed_at = kill_training_after_a_checkpoint(project)
+    code = project / "stages/train.py"
+    code.write_text(code.read_text() + "\n# edited after the crash\n")
+    result = run(["dvc", "repro", "train"], project)
+    said = result.stdout + result.stderr
+    assert (f"the code of stages/train.py changed since models/checkpoints/checkpoint-{killed_at}: "
+            "training starts from step 0") in said, said[-3000:]
+    assert "resuming from" not in said
+    assert json.loads((project / "metrics/train_run.json").read_text())["resumed_from_step"] == 0
+
+    killed_at = kill_training_after_a_checkpoint(project, "-f", "-s")
+    config = project / "models/base/tiny/config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "note": "replaced after the crash"}))
+    result = run(["dvc", "repro", "train"], project)
+    said = result.stdout + result.stderr
+    assert (f"models/base/tiny/config.json changed since models/checkpoints/checkpoint-{killed_at}: "
+            "training starts from step 0") in said, said[-3000:]
+    assert json.loads((project / "metrics/train_run.json").read_text())["resumed_from_step"] == 0
 
 
 def interrupt_export(project: Path, ready) -> subprocess.CompletedProcess:
