@@ -4,6 +4,9 @@ Same params, code, data and locked environment give the same bytes on the same k
 their environment blocks say why: the lock they were installed from, the versions that decide results, the torch
 build and the CPU instruction set its kernels dispatch to, the CPU model, threads, device and dtype.
 
+``python -m stages train`` also narrows CUDA_VISIBLE_DEVICES to the one GPU compute.device names when training runs
+in one process (pin_training_gpu), for the same reason: CUDA reads it once, when torch first touches the GPU.
+
 ``compute.portable`` caps that dispatch at AVX2 (ATen's kernels, MKL's code path, oneDNN's ISA), so the last bits of
 a CPU run no longer depend on whether the host has AVX-512 or AMX. The caps are environment variables that torch and
 its libraries read once, when they load: ``python -m stages`` sets them before it imports a stage
@@ -31,6 +34,8 @@ RESULT_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "t
 
 # compute.portable: the kernel dispatch capped at AVX2, which every x86-64 CPU of the last decade has.
 PORTABLE_DISPATCH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# Set by pin_training_gpu to the compute.device it narrowed CUDA_VISIBLE_DEVICES to.
+PINNED_GPU = "EMOTION_PIPELINE_PINNED_GPU"
 
 
 def pin_kernel_dispatch(portable: bool) -> None:
@@ -47,6 +52,37 @@ def portable_requested(params_file: Path = PARAMS_FILE) -> bool:
     except (OSError, yaml.YAMLError, AttributeError):
         return False
     return compute.get("portable") is True
+
+
+def visible_gpu_for(device: str, processes: int, visible: str | None) -> str | None:
+    """CUDA_VISIBLE_DEVICES for a one-process training run: only the GPU compute.device names (None: leave it).
+
+    The HF Trainer in one process uses every GPU it sees (nn.DataParallel: the global batch becomes batch_size x
+    GPUs while the run says batch_size) and always starts at cuda:0. Narrowing what the process sees, before torch
+    initialises CUDA, makes it train on exactly the GPU asked for; more GPUs are more processes (torchrun), each on
+    the GPU of its LOCAL_RANK. ``visible``: CUDA_VISIBLE_DEVICES as it is, indexes count within it.
+    """
+    if processes != 1 or not (device == "auto" or device.startswith("cuda")):
+        return None
+    gpus = [gpu.strip() for gpu in visible.split(",") if gpu.strip()] if visible is not None else None
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if gpus is None:
+        return str(index)
+    return gpus[index] if index < len(gpus) else None  # none visible, or no such GPU: choose_device reports it
+
+
+def pin_training_gpu(params_file: Path = PARAMS_FILE) -> None:
+    """Narrow CUDA_VISIBLE_DEVICES for the train stage (visible_gpu_for); call before torch is imported."""
+    try:
+        compute = (yaml.safe_load(params_file.read_text()) or {}).get("compute") or {}
+        device = str(compute.get("device", "auto"))
+        processes = int(compute.get("nproc_per_node", 1)) * int(compute.get("nnodes", 1))
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return  # the stage's load_params reports what is wrong, in one paragraph naming the key
+    gpu = visible_gpu_for(device, processes, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        os.environ[PINNED_GPU] = device  # choose_device: that GPU is now the process's cuda:0
 
 
 def check_kernel_dispatch(portable: bool, stage: str) -> None:
@@ -105,6 +141,7 @@ def environment_record(device=None, dtype=None) -> dict:
         record["device"] = str(device)
         if getattr(device, "type", None) == "cuda":
             record["gpu"] = torch.cuda.get_device_name(device)
+            record["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
             record["cudnn"] = torch.backends.cudnn.version()
     if dtype is not None:
         record["dtype"] = str(dtype).removeprefix("torch.")

@@ -103,6 +103,36 @@ def load_classifier_base(location: str, cfg: ModelConfig, labels: list[str], pad
     return model
 
 
+def trainable_model(location: str, cfg: ModelConfig, lora: LoraParams, labels: list[str], pad_token_id: int,
+                    compute_dtype: torch.dtype) -> PreTrainedModel | PeftModel:
+    """What the train stage trains: the base with a fresh head, LoRA on top (lora.enabled), every trained weight fp32.
+
+    Mixed precision as PEFT advises it: the frozen base is loaded in ``compute_dtype`` (bf16 on a GPU that has it:
+    half the memory), the Trainer's autocast runs the matmuls in it, and the weights that are updated (the LoRA
+    matrices and the head; every weight in full fine-tuning) stay fp32, with fp32 AdamW state. PEFT upcasts the
+    LoRA matrices itself, but its copy of the head (ModulesToSaveWrapper) keeps the base's dtype, and a bf16 weight
+    (8 bits of mantissa) loses every update smaller than ~1/256 of itself: most of warm-up and of the decay.
+    On a CPU everything is fp32 already and nothing changes.
+    """
+    base_dtype = compute_dtype if lora.enabled else torch.float32  # full fine-tuning: every weight is trained
+    model = load_classifier_base(location, cfg, labels, pad_token_id, base_dtype)
+    if lora.enabled:
+        model = add_lora(model, lora)
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return model
+
+
+def precision_record(model: PreTrainedModel | PeftModel, autocast: torch.dtype | None) -> dict:
+    """The dtypes a run really trained with, for train_run.json: autocast, trained and frozen weights."""
+    def names(trained: bool) -> list[str]:
+        return sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad == trained})
+
+    return {"autocast": None if autocast in (None, torch.float32) else str(autocast).removeprefix("torch."),
+            "trainable": names(True), "frozen": names(False)}
+
+
 def _check_existing_head(name: str, config, labels: list[str]) -> None:
     """A checkpoint that already is a classifier must have our classes, or its head would be silently dropped."""
     architectures = getattr(config, "architectures", None) or []

@@ -6,6 +6,8 @@ run logs, byte for byte: the same loss windows and the same curves.
 
 from __future__ import annotations
 
+import statistics
+import time
 from pathlib import Path
 
 from dvclive import Live
@@ -67,6 +69,24 @@ class LiveLogger(TrainerCallback):
                 section = "eval" if key.startswith("eval_") else "train"
                 self.live.log_metric(f"{section}/{key.removeprefix('eval_')}", value)
         self.live.make_summary()
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimiser step (forward, backward, optimiser; not evaluation or saving), for train_run.json:
+    the median is the figure to project a run's time from, and to compare machines or settings with."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.durations.append(time.perf_counter() - self._started)
+
+    def median(self) -> float | None:
+        return round(statistics.median(self.durations), 6) if self.durations else None
 
 
 def mean_train_loss(log_history: list[dict]) -> float:

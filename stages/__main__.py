@@ -6,7 +6,7 @@ Ctrl-C are reported in one line even while torch is still being imported.
 
 import sys
 
-from emotion_pipeline.environment import pin_kernel_dispatch, portable_requested
+from emotion_pipeline.environment import pin_kernel_dispatch, pin_training_gpu, portable_requested
 from emotion_pipeline.errors import run_stage
 
 STAGES = ("prepare", "train", "evaluate", "export", "quantize", "baseline")
@@ -19,4 +19,6 @@ if __name__ == "__main__":
         sys.exit(f"usage: python -m stages {{{','.join(STAGES)}}}")
     if sys.argv[1] in TORCH_STAGES:
         pin_kernel_dispatch(portable_requested())
+    if sys.argv[1] == "train":  # one training process = one GPU, the one compute.device names
+        pin_training_gpu()
     run_stage(f"stages.{sys.argv[1]}")

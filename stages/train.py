@@ -25,18 +25,17 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import enable_full_determinism
 
 from emotion_pipeline.checkpoints import MarkCheckpointComplete, finish, is_rank0, resume_point, run_inputs, step_of
 from emotion_pipeline.class_bias import fit_on_validation, write_class_bias
 from emotion_pipeline.config import ComputeConfig, TrainConfig, load_params
-from emotion_pipeline.device import best_dtype, choose_device
+from emotion_pipeline.device import best_dtype, choose_device, make_deterministic
 from emotion_pipeline.distributed import LogWeightsChecksum, die_with_launcher, run_torchrun, torchrun_args
 from emotion_pipeline.environment import check_kernel_dispatch, environment_record
-from emotion_pipeline.errors import UserError, under_torchrun
+from emotion_pipeline.errors import UserError, first_line, under_torchrun
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.metrics import accuracy, macro_f1
-from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer, resolve_model, trainable_parameters
+from emotion_pipeline.modeling import load_tokenizer, precision_record, resolve_model, trainable_model, trainable_parameters
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     CHECKPOINT_DIR,
@@ -49,7 +48,7 @@ from emotion_pipeline.paths import (
     TRAINING_PARAMS_FILE,
 )
 from emotion_pipeline.prepared import read_prepared, write_labels
-from emotion_pipeline.train_log import LiveLogger, LogAtEpochEnd, mean_train_loss
+from emotion_pipeline.train_log import LiveLogger, LogAtEpochEnd, StepTimer, mean_train_loss
 from emotion_pipeline.tune_trial import pruning_callback
 
 log = logging.getLogger("train")
@@ -71,14 +70,15 @@ def main() -> None:
     if under_torchrun():
         die_with_launcher()
 
-    # Model: the base with a fresh classification head, seeded first (the head and LoRA matrices are random).
+    # Model: the base with a fresh classification head, seeded first (the head and LoRA matrices are random);
+    # on a GPU with bf16 the frozen base computes in bf16 and every trained weight stays fp32.
     device = choose_device(compute.device)
     dtype = best_dtype(device)
+    if compute.deterministic:
+        make_deterministic(device)  # on a GPU; before the first matmul there (the CPU's is the Trainer's, below)
     set_seed(train_cfg.seed)
     tokenizer = load_tokenizer(location, model_cfg.trust_remote_code, model_cfg.revision)
-    model = load_classifier_base(location, model_cfg, labels, tokenizer.pad_token_id, dtype)
-    if params.lora.enabled:
-        model = add_lora(model, params.lora)
+    model = trainable_model(location, model_cfg, params.lora, labels, tokenizer.pad_token_id, dtype)
 
     # Data: tokenised once; each batch is padded to its own longest text by the collator below.
     train_set, validation_set = (tokenized(splits[name], tokenizer, model_cfg.max_length) for name in ("train", "validation"))
@@ -86,6 +86,10 @@ def main() -> None:
     # Trainer, resuming an interrupted run of the same params and data (a checkpoint resumes only on as
     # many processes as wrote it: their data shards and RNG states).
     args = training_arguments(train_cfg, compute, device, dtype)
+    if args.n_gpu > 1:  # pin_training_gpu narrows what a single process sees; this says so if it could not
+        raise UserError(f"one training process sees {args.n_gpu} GPUs and the Trainer would spread each batch over all "
+                        f"of them (nn.DataParallel). Start the stage as `python -m stages train` (it shows the process "
+                        f"only the GPU compute.device names), or train on several GPUs with compute.nproc_per_node.")
     train_params = params.model_dump(include={"model", "lora", "train"})
     # What decides this run (params, processes, and every file train depends on: code, runtime lock, prepared
     # data, base model), hashed by global rank 0 alone; a checkpoint of other inputs is never resumed.
@@ -93,12 +97,20 @@ def main() -> None:
     resume_from = resume_point(CHECKPOINT_DIR, inputs)
     trainer = build_trainer(model, tokenizer, args, train_set, validation_set, train_cfg, labels,
                             splits["train"]["label"].to_numpy())
+    trainer.add_callback(timer := StepTimer())
     if trainer.is_world_process_zero():
         log_run_shape(trainer, model_cfg.name, device, dtype, train_cfg)
 
     # Run. load_best_model_at_end: trainer.model then holds the epoch with the best validation macro-F1.
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except RuntimeError as exc:
+        if "deterministic" not in str(exc):
+            raise
+        raise UserError(f"compute.deterministic is true, but an operation of this run has no deterministic kernel on "
+                        f"{device}: {first_line(exc)} Set compute.deterministic: false to train with it (faster, not "
+                        f"bit-reproducible).") from None
     runtime = time.perf_counter() - started
     # train.fit_class_bias: the kept epoch's validation logits (every rank takes part in predicting).
     validation = trainer.predict(validation_set) if train_cfg.fit_class_bias else None
@@ -107,7 +119,8 @@ def main() -> None:
     if trainer.is_world_process_zero():
         class_bias, bias_record = (None, {}) if validation is None else \
             fit_on_validation(np.asarray(validation.predictions), validation.label_ids, labels)
-        run_info = run_record(device, dtype, train_cfg, args.world_size, resume_from, runtime, result.metrics)
+        run_info = run_record(trainer, device, dtype, train_cfg, resume_from, runtime, result.metrics, timer,
+                              sum(map(len, train_set["input_ids"])) * train_cfg.epochs)
         write_outputs(trainer, tokenizer, labels, train_params, class_bias, bias_record, run_info)
         finish(CHECKPOINT_DIR, inputs)  # the adapter is safe; checkpoints only served crash recovery
 
@@ -143,11 +156,9 @@ def tokenized(frame, tokenizer, max_length: int) -> datasets.Dataset:
 def training_arguments(cfg: TrainConfig, compute: ComputeConfig, device: torch.device, dtype: torch.dtype) -> TrainingArguments:
     """The HF Trainer's settings for the train section: AdamW with linear warm-up and decay, an evaluation and
     a checkpoint per epoch, the best epoch by validation macro-F1 kept at the end."""
-    # Deterministic kernels: same params + data -> same weights. Some ops have no deterministic CUDA
-    # kernel; on a GPU they warn (naming the op) rather than stop the run.
-    deterministic_gpu = compute.deterministic and device.type == "cuda"
-    if deterministic_gpu:
-        enable_full_determinism(cfg.seed, warn_only=True)
+    # Deterministic kernels: same params + data -> same weights. On the CPU the Trainer's full_determinism does it
+    # (as every byte-identical run so far); on a GPU, emotion_pipeline.device.make_deterministic.
+    deterministic_gpu = compute.deterministic and device.type == "cuda"  # make_deterministic did it, strictly
     return TrainingArguments(
         output_dir=str(CHECKPOINT_DIR),
         learning_rate=cfg.lr,
@@ -188,16 +199,23 @@ def global_batch_size(cfg: TrainConfig, processes: int) -> int:
     return cfg.batch_size * processes * cfg.gradient_accumulation_steps
 
 
-def run_record(device: torch.device, dtype: torch.dtype, cfg: TrainConfig, processes: int, resumed_from, runtime: float,
-               trainer_metrics: dict) -> dict:
+def run_record(trainer: Trainer, device: torch.device, dtype: torch.dtype, cfg: TrainConfig, resumed_from, runtime: float,
+               trainer_metrics: dict, timer: StepTimer, train_tokens: int) -> dict:
     """How the run was computed: metrics/train_run.json, apart from the reproducible scores (timings differ run to run)."""
+    args, processes = trainer.args, trainer.args.world_size
     return {
-        "device": device.type,
+        "device": str(args.device),  # what the Trainer trained on, not only what params asked for
+        "gpus_used": args.n_gpu if device.type == "cuda" else 0,  # per process; 1 on a GPU, never DataParallel
         "dtype": str(dtype).removeprefix("torch."),
+        "precision": precision_record(trainer.model, dtype if args.bf16 else None),
         "processes": processes,
         "global_batch_size": global_batch_size(cfg, processes),
         "resumed_from_step": step_of(resumed_from),
+        "optimizer_steps": trainer.state.global_step,
+        "train_tokens": train_tokens,  # tokens of the training texts (no padding) x epochs, one process's share
         "runtime_s": round(runtime, 1),
+        "step_time_median_s": timer.median(),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
         "train_samples_per_second": round(trainer_metrics.get("train_samples_per_second", 0.0), 2),
         "environment": environment_record(device, dtype),
     }
