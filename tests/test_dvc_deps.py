@@ -27,55 +27,11 @@ import yaml
 
 from emotion_pipeline import paths
 from emotion_pipeline.config import Params, changes_results
+from emotion_pipeline.dev.blast_radius import imported_names, module_file, project_closure, stage_module
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("stages", "emotion_pipeline")
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-
-def module_file(name: str) -> Path | None:
-    """The file of a project module 'pkg.mod' (a module or a package), or None if it is not one."""
-    base = REPO.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_names(path: Path) -> set[str]:
-    """Every module name an import statement anywhere in ``path`` may load (``from a import b``: a and a.b)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{path}: relative import; the deps test resolves absolute imports only"
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def project_closure(module: str) -> set[Path]:
-    """Project files loaded by importing ``module``: itself, its packages' __init__ files, and what they import."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
-        for depth in range(1, len(parts) + 1):
-            path = module_file(".".join(parts[:depth]))
-            if path is not None and path not in seen:
-                seen.add(path)
-                todo.extend(n for n in imported_names(path) if n.split(".")[0] in PACKAGES)
-    return seen
-
-
-def stage_module(stage: dict) -> str:
-    """`python -m stages train` runs stages/__main__.py, which imports stages.train."""
-    cmd = stage["cmd"].split()
-    assert cmd[:3] == ["python", "-m", "stages"] and len(cmd) == 4, f"unexpected stage command: {stage['cmd']}"
-    return f"stages.{cmd[3]}"
 
 
 def is_code(dep: str) -> bool:
