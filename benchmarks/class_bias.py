@@ -3,7 +3,7 @@
     python benchmarks/class_bias.py --project /path/to/finished/project
 
 Loads the project's adapter as evaluate does, predicts the validation and test splits, fits the
-per-class bias on validation only (emotion_pipeline.class_bias, the same functions the train
+per-class bias on validation only (emotion_pipeline.training.class_bias, the same functions the train
 stage uses), says whether the train stage would keep it (it must help on held-out halves of
 validation), and prints validation and test accuracy / macro-F1 without and with it. The test
 split plays no part in fitting or keeping it.
@@ -26,13 +26,13 @@ def main() -> None:
 
     import torch
 
-    from emotion_pipeline.class_bias import cross_checked_class_bias, fit_class_bias
     from emotion_pipeline.config import load_params
-    from emotion_pipeline.metrics import accuracy, macro_f1
-    from emotion_pipeline.modeling import load_adapter_model, merged
+    from emotion_pipeline.data.prepared import read_prepared
+    from emotion_pipeline.evaluation.scores import accuracy, macro_f1
+    from emotion_pipeline.inference.adapter import load_adapter_model, merged
     from emotion_pipeline.paths import ADAPTER_DIR, PREPARED_DIR
     from emotion_pipeline.predict import predict_proba
-    from emotion_pipeline.prepared import read_prepared
+    from emotion_pipeline.training.class_bias import cross_checked_class_bias, fit_class_bias
 
     params = load_params()
     splits, labels = read_prepared(PREPARED_DIR)

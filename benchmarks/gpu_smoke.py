@@ -145,7 +145,7 @@ def attention_kernels(model_dir: Path, texts: list[str], device) -> list[str]:
 
     from emotion_pipeline.config import LoraParams, ModelConfig
     from emotion_pipeline.device import best_dtype
-    from emotion_pipeline.modeling import load_tokenizer, trainable_model
+    from emotion_pipeline.training.modeling import load_tokenizer, trainable_model
 
     dtype = best_dtype(device)
     tokenizer = load_tokenizer(str(model_dir))
@@ -174,8 +174,8 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(REPO))
+    from emotion_pipeline.dev.tiny import build_tiny_qwen3
     from emotion_pipeline.predict import load_exported, predict_proba
-    from emotion_pipeline.tiny import build_tiny_qwen3
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")

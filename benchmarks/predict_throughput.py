@@ -42,7 +42,7 @@ def build_models(base: str, workdir: Path) -> tuple[Path, Path]:
     from peft import LoraConfig, TaskType, get_peft_model
 
     from emotion_pipeline.config import ModelConfig
-    from emotion_pipeline.modeling import LORA_TARGETS, load_classifier_base, load_tokenizer, resolve_model
+    from emotion_pipeline.training.modeling import LORA_TARGETS, load_classifier_base, load_tokenizer, resolve_model
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(base)
@@ -112,7 +112,7 @@ def load_variant(name: str, base: str, adapter: Path | None, export: Path, texts
             model, tokenizer = load_exported(str(export), device)
         else:  # the un-merged PEFT model through our batching: what merging saves
             from emotion_pipeline.config import ModelConfig
-            from emotion_pipeline.modeling import load_adapter_model
+            from emotion_pipeline.inference.adapter import load_adapter_model
 
             model, tokenizer = load_adapter_model(ModelConfig(name=base), adapter, torch.device(device))
         if bf16 and name != INT8:

@@ -29,14 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from emotion_pipeline.config import LoraParams, ModelConfig  # noqa: E402
-from emotion_pipeline.modeling import add_lora, load_classifier_base, load_tokenizer, resolve_model  # noqa: E402
+from emotion_pipeline.training.modeling import add_lora, load_classifier_base, load_tokenizer, resolve_model  # noqa: E402
 
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 BATCH = 8
 
 
 def model_dir(name: str, workdir: Path) -> str:
-    from emotion_pipeline.tiny import build_tiny_qwen3
+    from emotion_pipeline.dev.tiny import build_tiny_qwen3
 
     if name == "tiny-qwen3":
         return str(build_tiny_qwen3(workdir / name))

@@ -22,10 +22,11 @@ import json
 
 import numpy as np
 
+from emotion_pipeline.commands import run_command
 from emotion_pipeline.config import Params, changes_results
-from emotion_pipeline.errors import UserError, first_line, run_command
+from emotion_pipeline.errors import UserError, first_line
+from emotion_pipeline.evaluation.uncertainty import HEADLINE_SCORES
 from emotion_pipeline.paths import TEST_DETAILS, TEST_METRICS
-from emotion_pipeline.uncertainty import HEADLINE_SCORES
 
 SEED = "train.seed"
 

@@ -1,4 +1,7 @@
-"""The console scripts' entry points (pyproject.toml, [project.scripts]) for commands whose module imports torch.
+"""How a command starts and ends: one paragraph for bad input, one line for Ctrl-C (run_command), Ctrl-C while it
+still imports torch (import_for_command), and the console scripts' entry points (pyproject.toml, [project.scripts])
+for commands whose module imports torch. The stages' counterpart is emotion_pipeline.errors.run_stage; no stage
+imports this module, so its wording is in no stage's dependencies.
 
 A console script imports its function's module before anything of ours runs, and emotion_pipeline.predict
 imports torch and transformers at its top (seconds). Pointing the script here instead, a module that imports
@@ -7,7 +10,13 @@ nothing heavy, lets import_for_command handle Ctrl-C during those seconds too (o
 
 from __future__ import annotations
 
-from emotion_pipeline.errors import import_for_command
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from emotion_pipeline.errors import UserError
 
 
 def predict() -> None:
@@ -16,3 +25,39 @@ def predict() -> None:
     from emotion_pipeline.predict import main
 
     main()
+
+
+def import_for_command(command: str, *modules: str) -> None:
+    """Import a command's heavy modules (torch and transformers take seconds) before it starts, with Ctrl-C or
+    SIGTERM meanwhile ending the process at once: one line, exit 128 + the signal number, nothing written yet.
+    A KeyboardInterrupt raised there instead would be a traceback, or worse: it can land inside a C++ callback
+    of torch's import, which cannot carry a Python exception and aborts the process. Afterwards the handlers
+    are the earlier ones again, and the command's own handling (run_command) applies."""
+
+    def leave(signum, frame):
+        print(f"interrupted ({signal.Signals(signum).name}): {command} stopped while starting; nothing was written.",
+              file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_command(body: Callable[[], object], interrupted: str = "nothing was written") -> None:
+    """Run a command-line tool's body (predict, compare, aggregate, tune, serve): a UserError ends it as a
+    stage's does, one `error: ...` paragraph on stderr and exit 2; Ctrl-C ends it with one line saying
+    what state it left (``interrupted``) and exit 130, never a traceback."""
+    try:
+        body()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C): {interrupted}.", file=sys.stderr)
+        sys.exit(130)

@@ -9,7 +9,7 @@ baseline (metrics/baseline_predictions.csv, A) with its fine-tune (B).
 
 It prints, for accuracy and macro-F1, both scores with their bootstrap intervals, the difference
 B − A with a paired-bootstrap interval, McNemar's exact test on the texts where exactly one model is
-right, and a one-line verdict (emotion_pipeline.uncertainty does the statistics), then the lines of the
+right, and a one-line verdict (emotion_pipeline.evaluation.uncertainty does the statistics), then the lines of the
 two sides' environment blocks that differ (versions, torch build, CPU, threads: why the last bits may differ). Predictions over
 different test sets (other texts, another order) are refused, never compared. Bad input (an unknown
 revision, a revision without predictions) exits 2 with one paragraph, as the stages do.
@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from emotion_pipeline.commands import run_command
 from emotion_pipeline.config import MetricsConfig
-from emotion_pipeline.environment import environment_differences
-from emotion_pipeline.errors import UserError, first_line, run_command
-from emotion_pipeline.metrics import format_interval, with_interval
+from emotion_pipeline.errors import UserError, first_line
+from emotion_pipeline.evaluation.reports import environment_lines, format_interval, verdict, with_interval
+from emotion_pipeline.evaluation.uncertainty import COMPARED_SCORES, paired_comparison, paired_labels, score_intervals
 from emotion_pipeline.paths import BASELINE_PREDICTIONS, PREDICTIONS, TEST_DETAILS, TRAIN_RUN_INFO
-from emotion_pipeline.uncertainty import COMPARED_SCORES, paired_comparison, paired_labels, score_intervals, verdict
 
 WORKSPACE = "workspace"
 DEFAULTS = MetricsConfig()
@@ -223,3 +223,11 @@ def run(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def environment_differences(a: dict | None, b: dict | None) -> list[tuple[str, str, str]]:
+    """(key, value in a, value in b) for each line in which two environment blocks differ, in a's order."""
+    first = dict(line.split(": ", 1) for line in environment_lines(a or {}))
+    second = dict(line.split(": ", 1) for line in environment_lines(b or {}))
+    keys = list(first) + [key for key in second if key not in first]
+    return [(key, first.get(key, "-"), second.get(key, "-")) for key in keys if first.get(key) != second.get(key)]

@@ -89,7 +89,7 @@ class LoraParams(Section):
     target_modules: list[str] | Literal["auto", "all-linear"] = Field(
         "auto",
         description="Module names that get LoRA adapters; 'auto' picks per architecture "
-        "(see emotion_pipeline.modeling.LORA_TARGETS), 'all-linear' every linear layer but the head.",
+        "(see emotion_pipeline.training.modeling.LORA_TARGETS), 'all-linear' every linear layer but the head.",
     )
 
 
@@ -114,7 +114,7 @@ class TrainConfig(Section):
         0, ge=0, description="Stop after this many evaluations without a better validation macro-F1; 0: off.")
     fit_class_bias: bool = Field(
         False, description="After training, fit one logit bias per class on the validation split to maximise macro-F1; "
-        "stored with the model and applied by every predict path (emotion_pipeline.class_bias).")
+        "stored with the model and applied by every predict path (emotion_pipeline.training.class_bias).")
 
 
 class ComputeConfig(Section):
@@ -150,7 +150,7 @@ class MetricsConfig(Section):
 
     calibration_bins: int = Field(10, gt=0, description="Confidence bins for expected calibration error.")
     top_mistakes: int = Field(50, ge=0, description="Most confident wrong predictions listed in the quality report.")
-    # Intervals beside every test score and in comparisons of two models (emotion_pipeline.uncertainty).
+    # Intervals beside every test score and in comparisons of two models (emotion_pipeline.evaluation.uncertainty).
     bootstrap_resamples: int = Field(
         2000, ge=100, description="Bootstrap resamples of the test examples behind each interval; 2,000 keep the "
         "bounds within about 0.001 of their limit and cost about 0.5 s on 2,000 test examples.")

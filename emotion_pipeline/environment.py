@@ -1,17 +1,13 @@
-"""What computed a result: the environment block each stage writes beside its outputs, and portable kernel dispatch.
+"""What computed a result, and the process settings that must be fixed before torch loads.
 
-Same params, code, data and locked environment give the same bytes on the same kind of CPU. When two runs differ,
-their environment blocks say why: the lock they were installed from, the versions that decide results, the torch
-build and the CPU instruction set its kernels dispatch to, the CPU model, threads, device and dtype.
+Same params, code, data and locked environment give the same bytes on the same kind of CPU; when two runs differ,
+their environment blocks (environment_record, in every stage's outputs) say why: the lock, the versions that decide
+results, the torch build, the CPU instruction set its kernels dispatch to, the CPU model, threads, device and dtype.
 
-``python -m stages train`` also narrows CUDA_VISIBLE_DEVICES to the one GPU compute.device names when training runs
-in one process (pin_training_gpu), for the same reason: CUDA reads it once, when torch first touches the GPU.
-
-``compute.portable`` caps that dispatch at AVX2 (ATen's kernels, MKL's code path, oneDNN's ISA), so the last bits of
-a CPU run no longer depend on whether the host has AVX-512 or AMX. The caps are environment variables that torch and
-its libraries read once, when they load: ``python -m stages`` sets them before it imports a stage
-(pin_kernel_dispatch), and torchrun's workers inherit them. A stage checks the pins it finds against its params
-(check_kernel_dispatch), so a run can never record a mode it did not have.
+Read once, when torch and its libraries load, so `python -m stages` sets them before it imports a stage (torchrun's
+workers inherit them): compute.portable's caps of the kernel dispatch at AVX2 (ATen, MKL, oneDNN: the same kernels
+on every x86-64 host; checked by the stage, so a run never records a mode it did not have), and for a training run
+of one process, CUDA_VISIBLE_DEVICES narrowed to the one GPU compute.device names.
 """
 
 from __future__ import annotations
@@ -149,16 +145,5 @@ def environment_record(device=None, dtype=None) -> dict:
     return record
 
 
-def environment_lines(record: dict) -> list[str]:
-    """The block as 'key: value' lines (versions one per line), for model cards, comparisons and messages."""
-    lines = [f"{key}: {value}" for key, value in record.items() if key != "versions"]
-    lines += [f"{name}: {version or 'not installed'}" for name, version in record.get("versions", {}).items()]
-    return lines
 
 
-def environment_differences(a: dict | None, b: dict | None) -> list[tuple[str, str, str]]:
-    """(key, value in a, value in b) for each line in which two environment blocks differ, in a's order."""
-    first = dict(line.split(": ", 1) for line in environment_lines(a or {}))
-    second = dict(line.split(": ", 1) for line in environment_lines(b or {}))
-    keys = list(first) + [key for key in second if key not in first]
-    return [(key, first.get(key, "-"), second.get(key, "-")) for key in keys if first.get(key) != second.get(key)]

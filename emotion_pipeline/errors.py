@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -33,43 +32,11 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def run_command(body: Callable[[], object], interrupted: str = "nothing was written") -> None:
-    """Run a command-line tool's body (predict, compare, aggregate, tune, serve): a UserError ends it as a
-    stage's does, one `error: ...` paragraph on stderr and exit 2; Ctrl-C ends it with one line saying
-    what state it left (``interrupted``) and exit 130, never a traceback."""
-    try:
-        body()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"interrupted (Ctrl-C): {interrupted}.", file=sys.stderr)
-        sys.exit(130)
 
 
-def import_for_command(command: str, *modules: str) -> None:
-    """Import a command's heavy modules (torch and transformers take seconds) before it starts, with Ctrl-C or
-    SIGTERM meanwhile ending the process at once: one line, exit 128 + the signal number, nothing written yet.
-    A KeyboardInterrupt raised there instead would be a traceback, or worse: it can land inside a C++ callback
-    of torch's import, which cannot carry a Python exception and aborts the process. Afterwards the handlers
-    are the earlier ones again, and the command's own handling (run_command) applies."""
-
-    def leave(signum, frame):
-        print(f"interrupted ({signal.Signals(signum).name}): {command} stopped while starting; nothing was written.",
-              file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(128 + signum)
-
-    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for module in modules:
-            importlib.import_module(module)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
-def run_stage(module: str) -> None:
+def run_stage(module: str, stage: str | None = None) -> None:
     """Import a stage module and run its main(): a UserError exits 2 with its message; Ctrl-C or SIGTERM
     exits 128 + the signal number with one line.
 
@@ -79,7 +46,7 @@ def run_stage(module: str) -> None:
     were; training resumes from its last checkpoint.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    stage = module.rsplit(".", 1)[-1]
+    stage = stage or module.rsplit(".", 1)[-1]  # the launcher of a training run speaks for the train stage
     importing = True
     received: list[int] = []
 

@@ -15,12 +15,13 @@ TRACKED_INPUTS = (RAW_DATA_DIR, BASE_MODELS_DIR)
 RUNTIME_LOCK = Path("requirements/runtime.txt")
 
 # prepare
-PREPARED_DIR = Path("data/prepared")  # {train,validation,test}.parquet + labels.json (emotion_pipeline.prepared)
+PREPARED_DIR = Path("data/prepared")  # {train,validation,test}.parquet + labels.json (emotion_pipeline.data.prepared)
 DATA_REPORT = Path("metrics/data_report.json")
 
 # train
 ADAPTER_DIR = Path("models/adapter")  # LoRA weights, classification head, tokenizer (lora.enabled false: the whole model)
 TRAINING_PARAMS_FILE = "training_params.json"  # inside ADAPTER_DIR: the params it was trained with
+CLASS_BIAS_FILE = "class_bias.json"  # inside ADAPTER_DIR with train.fit_class_bias: the fitted bias (if kept)
 ENVIRONMENT_FILE = "environment.json"  # inside ADAPTER_DIR: the environment it was trained in (the model card shows it)
 CHECKPOINT_DIR = Path("models/checkpoints")  # crash recovery; scratch, not a DVC output (dvc.yaml says why)
 TRAIN_LOG_DIR = Path("metrics/train_log")  # dvclive: loss and validation metrics per step

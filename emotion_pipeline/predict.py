@@ -29,9 +29,10 @@ import torch
 from scipy.special import softmax
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from emotion_pipeline.class_bias import config_bias
+from emotion_pipeline.commands import run_command
 from emotion_pipeline.device import choose_device
-from emotion_pipeline.errors import UserError, first_line, run_command
+from emotion_pipeline.errors import UserError, first_line
+from emotion_pipeline.inference.class_bias import config_bias
 from emotion_pipeline.sources import check_model_folder, resolve_source
 
 ONNX_FILE = "model.onnx"  # the int8 model's graph (quantize stage, emotion_pipeline.int8)
@@ -54,7 +55,7 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
     if empty:
         raise ValueError(f"{len(empty)} empty text(s) (first at position {empty[0]}): nothing to classify")
     # A per-class bias fitted on validation (train.fit_class_bias), when the model's head had no bias
-    # parameter to hold it (emotion_pipeline.class_bias).
+    # parameter to hold it (emotion_pipeline.training.class_bias).
     device = model.device
     bias = config_bias(model.config)
     # Token ids only: each batch's mask comes with its padding below (and BERT's token types are all 0).

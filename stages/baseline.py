@@ -22,16 +22,13 @@ from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import make_pipeline
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.data.prepared import read_prepared
 from emotion_pipeline.environment import environment_record
+from emotion_pipeline.evaluation.metrics import classification_metrics, headline, predictions_table
+from emotion_pipeline.evaluation.reports import quality_report
+from emotion_pipeline.evaluation.scores import accuracy, macro_f1
+from emotion_pipeline.evaluation.uncertainty import score_intervals
 from emotion_pipeline.io import write_json, write_text
-from emotion_pipeline.metrics import (
-    accuracy,
-    classification_metrics,
-    headline,
-    macro_f1,
-    predictions_table,
-    quality_report,
-)
 from emotion_pipeline.paths import (
     BASELINE_CHOICE,
     BASELINE_DETAILS,
@@ -40,8 +37,6 @@ from emotion_pipeline.paths import (
     BASELINE_QUALITY_REPORT,
     PREPARED_DIR,
 )
-from emotion_pipeline.prepared import read_prepared
-from emotion_pipeline.uncertainty import score_intervals
 
 log = logging.getLogger("baseline")
 

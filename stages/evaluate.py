@@ -17,19 +17,16 @@ import logging
 
 import pandas as pd
 
-from emotion_pipeline.class_bias import carry_stored_bias
 from emotion_pipeline.config import load_params
+from emotion_pipeline.data.prepared import read_prepared
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.environment import check_kernel_dispatch, environment_record
+from emotion_pipeline.evaluation.metrics import classification_metrics, headline, predictions_table
+from emotion_pipeline.evaluation.reports import comparison_section, quality_report, report_text
+from emotion_pipeline.evaluation.uncertainty import paired_comparison, paired_labels, score_intervals
+from emotion_pipeline.inference.adapter import load_adapter_model, merged
+from emotion_pipeline.inference.class_bias import carry_stored_bias
 from emotion_pipeline.io import write_json, write_text
-from emotion_pipeline.metrics import (
-    classification_metrics,
-    headline,
-    predictions_table,
-    quality_report,
-    report_text,
-)
-from emotion_pipeline.modeling import load_adapter_model, merged
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     BASELINE_PREDICTIONS,
@@ -42,8 +39,6 @@ from emotion_pipeline.paths import (
     VS_BASELINE,
 )
 from emotion_pipeline.predict import predict_proba
-from emotion_pipeline.prepared import read_prepared
-from emotion_pipeline.uncertainty import comparison_section, paired_comparison, paired_labels, score_intervals
 
 log = logging.getLogger("evaluate")
 

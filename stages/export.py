@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from emotion_pipeline.class_bias import carry_stored_bias, config_bias, shift_probs
 from emotion_pipeline.config import load_params
+from emotion_pipeline.data.prepared import read_prepared
 from emotion_pipeline.device import choose_device
-from emotion_pipeline.environment import check_kernel_dispatch, environment_lines, environment_record
+from emotion_pipeline.environment import check_kernel_dispatch, environment_record
+from emotion_pipeline.evaluation.reports import environment_lines, format_interval, per_class_table
+from emotion_pipeline.inference.adapter import load_adapter_model, merged
+from emotion_pipeline.inference.class_bias import carry_stored_bias, config_bias, shift_probs
 from emotion_pipeline.io import atomic_dir, write_json
-from emotion_pipeline.metrics import format_interval, per_class_table
-from emotion_pipeline.modeling import load_adapter_model, merged
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     DATA_REPORT,
@@ -35,7 +36,6 @@ from emotion_pipeline.paths import (
     TRAINING_PARAMS_FILE,
 )
 from emotion_pipeline.predict import load_exported, predict_proba
-from emotion_pipeline.prepared import read_prepared
 from emotion_pipeline.sources import resolve_source
 
 log = logging.getLogger("export")
@@ -56,7 +56,7 @@ def main() -> None:
     adapter_model, tokenizer = load_adapter_model(params.model, ADAPTER_DIR, device)
     adapter_probs = predict_proba(adapter_model, tokenizer, sample, max_length=params.model.max_length)
     model = merged(adapter_model)
-    bias = carry_stored_bias(model, ADAPTER_DIR)  # train.fit_class_bias: the export carries it (emotion_pipeline.class_bias)
+    bias = carry_stored_bias(model, ADAPTER_DIR)  # train.fit_class_bias: the export carries it (emotion_pipeline.training.class_bias)
     if bias is not None:
         adapter_probs = shift_probs(adapter_probs, bias)
 
@@ -120,7 +120,7 @@ def model_card(params, labels: list[str], logit_bias: np.ndarray | None = None, 
     data = ModelCardData(library_name="transformers", pipeline_tag="text-classification", base_model=base_model,
                          datasets=[dataset] if dataset else None, tags=["emotion", "lora", "dvc"] if lora else ["emotion", "dvc"], model_name=name,
                          eval_results=evals)
-    intervals = metrics.get("intervals")  # bootstrap intervals over the test examples (emotion_pipeline.uncertainty)
+    intervals = metrics.get("intervals")  # bootstrap intervals over the test examples (emotion_pipeline.evaluation.uncertainty)
     per_class = "\n".join(per_class_table(metrics["per_class"], intervals["per_class_f1"] if intervals else None))
     if intervals:
         settings = intervals["bootstrap"]

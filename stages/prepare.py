@@ -2,7 +2,7 @@
 
 Reads params section: data.
 
-The story: read the three splits in whatever format they come (emotion_pipeline.raw_data checks
+The story: read the three splits in whatever format they come (emotion_pipeline.data.raw checks
 every row and names the file and line of a bad one), describe them in a data report (rows,
 label counts, lengths, duplicates, texts shared between splits), and write them as Parquet with
 the label file, which every later stage reads.
@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.data.prepared import SPLITS, write_prepared
+from emotion_pipeline.data.raw import load_splits
 from emotion_pipeline.environment import environment_record
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.paths import DATA_REPORT, PREPARED_DIR
-from emotion_pipeline.prepared import SPLITS, write_prepared
-from emotion_pipeline.raw_data import load_splits
 
 log = logging.getLogger("prepare")
 

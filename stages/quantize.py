@@ -19,10 +19,12 @@ import json
 import logging
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.data.prepared import read_prepared
 from emotion_pipeline.environment import check_kernel_dispatch, environment_record
 from emotion_pipeline.errors import UserError
+from emotion_pipeline.evaluation.metrics import classification_metrics
+from emotion_pipeline.evaluation.reports import with_interval
 from emotion_pipeline.io import atomic_dir, write_json, write_text
-from emotion_pipeline.metrics import classification_metrics, with_interval
 from emotion_pipeline.paths import (
     EXPORT_DIR,
     INT8_DETAILS,
@@ -32,7 +34,6 @@ from emotion_pipeline.paths import (
     PREPARED_DIR,
     TEST_DETAILS,
 )
-from emotion_pipeline.prepared import read_prepared
 
 log = logging.getLogger("quantize")
 
@@ -56,9 +57,10 @@ def main() -> None:
     # never needs.
     import pandas as pd
 
+    from emotion_pipeline.evaluation.reports import verdict
+    from emotion_pipeline.evaluation.uncertainty import paired_comparison, score_intervals
     from emotion_pipeline.int8 import build_int8
     from emotion_pipeline.predict import ONNX_FILE, load_exported, predict_proba
-    from emotion_pipeline.uncertainty import paired_comparison, score_intervals, verdict
 
     splits, labels = read_prepared(PREPARED_DIR)
     test = splits["test"]

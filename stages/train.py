@@ -1,41 +1,36 @@
 """train: LoRA fine-tune of model.name on data/prepared -> models/adapter + metrics/train.json.
 
-Reads params sections: model, lora, train, compute (device, deterministic and the process counts; where
+Reads params sections: model, lora, train, compute (device, deterministic, portable and the process counts; where
 processes meet and how long they wait change no result).
 
-The story (main): launch -> model -> data -> trainer -> run -> outputs. Load the prepared splits;
-with compute.nproc_per_node or compute.nnodes above 1, hand over to torchrun, which runs this stage
-once per process (emotion_pipeline.distributed). Load the base model with a fresh classification
-head and wrap it with LoRA; tokenise the splits once; let the HF Trainer run with dynamic padding
-and length-grouped batches, evaluating macro-F1 on validation each epoch and keeping the best epoch.
-Checkpoints go to models/checkpoints, a scratch folder DVC does not track, so a killed run resumes
-where it stopped on the next `dvc repro`, provided params and data are unchanged. Only global rank 0
-writes outputs (write_outputs); every rank trains and predicts.
+The story (main): launch -> model -> data -> trainer -> run -> outputs. Above one process, hand over to the
+launcher (torchrun), which runs this stage once per process. Load the base with a fresh head and wrap it with LoRA;
+tokenise the splits once; let the HF Trainer run with dynamic padding and length-grouped batches, keeping the epoch
+with the best validation macro-F1. A killed run resumes from models/checkpoints on the next `dvc repro` when nothing
+that decides it changed. Only global rank 0 writes outputs; every rank trains and predicts.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 
 import datasets
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
-from emotion_pipeline.checkpoints import MarkCheckpointComplete, finish, is_rank0, resume_point, run_inputs, step_of
-from emotion_pipeline.class_bias import fit_on_validation, write_class_bias
 from emotion_pipeline.config import ComputeConfig, TrainConfig, load_params
+from emotion_pipeline.data.prepared import read_prepared, write_labels
 from emotion_pipeline.device import best_dtype, choose_device, make_deterministic
-from emotion_pipeline.distributed import LogWeightsChecksum, die_with_launcher, run_torchrun, torchrun_args
 from emotion_pipeline.environment import check_kernel_dispatch, environment_record
 from emotion_pipeline.errors import UserError, first_line, under_torchrun
+from emotion_pipeline.evaluation.scores import accuracy, macro_f1
 from emotion_pipeline.io import atomic_dir, write_json
-from emotion_pipeline.metrics import accuracy, macro_f1
-from emotion_pipeline.modeling import load_tokenizer, precision_record, resolve_model, trainable_model, trainable_parameters
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
     CHECKPOINT_DIR,
@@ -47,9 +42,19 @@ from emotion_pipeline.paths import (
     TRAIN_RUN_INFO,
     TRAINING_PARAMS_FILE,
 )
-from emotion_pipeline.prepared import read_prepared, write_labels
-from emotion_pipeline.train_log import LiveLogger, LogAtEpochEnd, StepTimer, mean_train_loss
-from emotion_pipeline.tune_trial import pruning_callback
+from emotion_pipeline.search.trial import pruning_callback
+from emotion_pipeline.training.checkpoints import MarkCheckpointComplete, finish, is_rank0, resume_point, run_inputs, step_of
+from emotion_pipeline.training.class_bias import fit_on_validation, write_class_bias
+from emotion_pipeline.training.ddp import LAUNCHER, LogWeightsChecksum, die_with_launcher, torchrun_args
+from emotion_pipeline.training.losses import rare_class_loss
+from emotion_pipeline.training.modeling import (
+    load_tokenizer,
+    precision_record,
+    resolve_model,
+    trainable_model,
+    trainable_parameters,
+)
+from emotion_pipeline.training.train_log import LiveLogger, LogAtEpochEnd, StepTimer, mean_train_loss
 
 log = logging.getLogger("train")
 
@@ -65,8 +70,9 @@ def main() -> None:
     # Params, data and model path were checked above, so a mistake is reported once, not by every process.
     if not under_torchrun() and (launch := torchrun_args(compute, "stages", "train")):
         log.info("launching %d processes: torchrun %s", compute.nproc_per_node * compute.nnodes, " ".join(launch))
-        run_torchrun(launch)
-        return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", LAUNCHER, *launch])  # this process becomes the launcher
     if under_torchrun():
         die_with_launcher()
 
@@ -83,16 +89,13 @@ def main() -> None:
     # Data: tokenised once; each batch is padded to its own longest text by the collator below.
     train_set, validation_set = (tokenized(splits[name], tokenizer, model_cfg.max_length) for name in ("train", "validation"))
 
-    # Trainer, resuming an interrupted run of the same params and data (a checkpoint resumes only on as
-    # many processes as wrote it: their data shards and RNG states).
+    # Trainer, resuming an interrupted run only if nothing that decides it changed (params, processes, and every file
+    # train depends on: code, runtime lock, prepared data, base model; hashed by global rank 0 alone).
     args = training_arguments(train_cfg, compute, device, dtype)
-    if args.n_gpu > 1:  # pin_training_gpu narrows what a single process sees; this says so if it could not
-        raise UserError(f"one training process sees {args.n_gpu} GPUs and the Trainer would spread each batch over all "
-                        f"of them (nn.DataParallel). Start the stage as `python -m stages train` (it shows the process "
-                        f"only the GPU compute.device names), or train on several GPUs with compute.nproc_per_node.")
+    if args.n_gpu > 1:  # pin_training_gpu narrows what `python -m stages train` sees; in-process callers land here
+        raise UserError(f"one training process sees {args.n_gpu} GPUs: the Trainer would split each batch over them "
+                        f"(DataParallel). Run `python -m stages train`, or set compute.nproc_per_node for several GPUs.")
     train_params = params.model_dump(include={"model", "lora", "train"})
-    # What decides this run (params, processes, and every file train depends on: code, runtime lock, prepared
-    # data, base model), hashed by global rank 0 alone; a checkpoint of other inputs is never resumed.
     inputs = run_inputs(train_params, args.world_size, location) if is_rank0() else None
     resume_from = resume_point(CHECKPOINT_DIR, inputs)
     trainer = build_trainer(model, tokenizer, args, train_set, validation_set, train_cfg, labels,
@@ -156,9 +159,7 @@ def tokenized(frame, tokenizer, max_length: int) -> datasets.Dataset:
 def training_arguments(cfg: TrainConfig, compute: ComputeConfig, device: torch.device, dtype: torch.dtype) -> TrainingArguments:
     """The HF Trainer's settings for the train section: AdamW with linear warm-up and decay, an evaluation and
     a checkpoint per epoch, the best epoch by validation macro-F1 kept at the end."""
-    # Deterministic kernels: same params + data -> same weights. On the CPU the Trainer's full_determinism does it
-    # (as every byte-identical run so far); on a GPU, emotion_pipeline.device.make_deterministic.
-    deterministic_gpu = compute.deterministic and device.type == "cuda"  # make_deterministic did it, strictly
+    # Deterministic kernels: on the CPU the Trainer's full_determinism; on a GPU, make_deterministic (in main).
     return TrainingArguments(
         output_dir=str(CHECKPOINT_DIR),
         learning_rate=cfg.lr,
@@ -171,7 +172,7 @@ def training_arguments(cfg: TrainConfig, compute: ComputeConfig, device: torch.d
         lr_scheduler_type="linear",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        full_determinism=compute.deterministic and not deterministic_gpu,
+        full_determinism=compute.deterministic and device.type == "cpu",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         eval_strategy="epoch",
         save_strategy="epoch",
@@ -238,7 +239,7 @@ def write_outputs(trainer: Trainer, tokenizer, labels: list[str], train_params: 
         trainer.model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_labels(staging, labels)
-        if class_bias is not None:  # evaluate and export put it into the model (emotion_pipeline.class_bias)
+        if class_bias is not None:  # evaluate and export put it into the model (emotion_pipeline.training.class_bias)
             write_class_bias(staging, class_bias, labels)
         (staging / TRAINING_PARAMS_FILE).write_text(json.dumps(train_params, indent=2, sort_keys=True) + "\n")
         write_json(staging / ENVIRONMENT_FILE, run_info["environment"])  # the model card shows what trained it
@@ -264,34 +265,8 @@ def write_outputs(trainer: Trainer, tokenizer, labels: list[str], train_params: 
     log.info("best validation macro-F1 %.4f at epoch %s; adapter saved to %s", best["eval_macro_f1"], best["epoch"], ADAPTER_DIR)
 
 
-def class_weight_vector(setting: str | list[float], train_labels: np.ndarray, num_labels: int) -> np.ndarray | None:
-    """train.class_weights as one weight per class: 'balanced' is n / (classes x count), as scikit-learn's."""
-    if setting == "none":
-        return None
-    if setting == "balanced":
-        counts = np.bincount(train_labels, minlength=num_labels)
-        return len(train_labels) / (num_labels * np.maximum(counts, 1))
-    if len(setting) != num_labels:
-        raise UserError(f"'train.class_weights' = {setting} is invalid: needs one weight per class ({num_labels}, "
-                        f"in data.labels order), or 'none' or 'balanced'.")
-    return np.asarray(setting, dtype=np.float64)
 
 
-def rare_class_loss(cfg, train_labels: np.ndarray, num_labels: int):
-    """A Trainer loss function with class weights and/or label smoothing; None when both are off."""
-    weights = class_weight_vector(cfg.class_weights, train_labels, num_labels)
-    if weights is None and cfg.label_smoothing == 0:
-        return None
-    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
-
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs.logits.float()
-        total = F.cross_entropy(logits, labels, weight=None if weight is None else weight.to(logits.device),
-                                label_smoothing=cfg.label_smoothing, reduction="sum")
-        # Trainer expects a loss normalised by the examples of the whole accumulated batch.
-        return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
-
-    return loss
 
 
 def validation_metrics(prediction, labels: list[str]) -> dict[str, float]:

@@ -140,7 +140,7 @@ def tiny_model(emotion_dir: Path, tmp_path_factory) -> Path:
     """A 2-layer random Qwen3, saved as a normal model folder, with the Qwen3 tokenizer retrained on the
     training texts to 4,096 tokens: the real 151,669 would be the whole tiny model and ~1 s of loading in
     every stage process (a tiny `dvc repro` here took 73 s with them, 56 s without)."""
-    from emotion_pipeline.tiny import build_tiny_qwen3, train_texts
+    from emotion_pipeline.dev.tiny import build_tiny_qwen3, train_texts
 
     def build(folder: Path) -> None:
         build_tiny_qwen3(folder / "model", vocab_size=4096, corpus=train_texts(emotion_dir))

@@ -20,7 +20,8 @@ pytest.importorskip("ray")
 import pandas as pd  # noqa: E402
 from conftest import subprocess_env  # noqa: E402
 
-from emotion_pipeline import batch, predict  # noqa: E402
+from emotion_pipeline import predict  # noqa: E402
+from emotion_pipeline.serving import batch  # noqa: E402
 
 # A BOM, Windows line ends, empty and blank lines, an old-Mac '\r' line end and no line end at the end:
 # everything emotion-predict's reading of a text file takes care of.

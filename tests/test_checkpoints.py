@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from emotion_pipeline import checkpoints
-from emotion_pipeline.checkpoints import COMPLETE_FILE, changed_inputs, finish, resumable_checkpoint, run_inputs, step_of
+from emotion_pipeline.training import checkpoints
+from emotion_pipeline.training.checkpoints import COMPLETE_FILE, changed_inputs, finish, resumable_checkpoint, run_inputs, step_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ PARAMS = {"model": {"name": "models/base/tiny"}, "train": {"lr": 1e-4}}
 def test_run_inputs_name_each_change_that_decides_a_training_run(train_project):
     first = run_inputs(PARAMS, 1, str(train_project / "models/base/tiny"))
     assert run_inputs(PARAMS, 1, str(train_project / "models/base/tiny")) == first
-    assert {"stages/train.py", "emotion_pipeline/modeling.py", "requirements/runtime.txt",
+    assert {"stages/train.py", "emotion_pipeline/training/modeling.py", "requirements/runtime.txt",
             "data/prepared/train.parquet", "models/base/tiny/config.json"} <= set(first)
 
     def changes(edit) -> list[str]:
@@ -123,6 +123,11 @@ def test_run_inputs_name_each_change_that_decides_a_training_run(train_project):
     first = run_inputs(PARAMS, 1, "x")
     assert changes(lambda: pd.DataFrame({"text": ["b"], "label": [0]}).to_parquet("data/prepared/train.parquet")) == \
         ["data/prepared/train.parquet"]
+
+
+def test_the_code_is_hashed_where_the_stage_imports_it_from():
+    """The project root (where dvc.yaml lies), found from the module's own place in the package."""
+    assert (checkpoints.CODE_ROOT / "dvc.yaml").is_file() and (checkpoints.CODE_ROOT / "stages" / "train.py").is_file()
 
 
 def test_a_base_model_outside_the_project_is_hashed_too(train_project, tmp_path_factory):

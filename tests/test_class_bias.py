@@ -1,4 +1,4 @@
-"""The fitted class bias's one home (emotion_pipeline.class_bias): the branch where train keeps a bias,
+"""The fitted class bias's one home (emotion_pipeline.training.class_bias): the branch where train keeps a bias,
 and where the bias is stored for each kind of head.
 
 tests/test_levers.py covers fitting and the cross-check on synthetic logits, and a stored bias
@@ -14,15 +14,10 @@ import pandas as pd
 import pytest
 from conftest import LABELS, save_classifier, set_params, tiny_params, workdir
 
-from emotion_pipeline.class_bias import (
-    BIAS_FILE,
-    CONFIG_KEY,
-    apply_class_bias,
-    fit_on_validation,
-    logits_layer,
-    read_class_bias,
-)
 from emotion_pipeline.errors import run_stage
+from emotion_pipeline.inference.class_bias import CONFIG_KEY, apply_class_bias, logits_layer, read_class_bias
+from emotion_pipeline.paths import CLASS_BIAS_FILE as BIAS_FILE
+from emotion_pipeline.training.class_bias import fit_on_validation
 
 CLASSES = ["a", "b", "c"]  # three classes keep the coordinate search (and the test) fast
 

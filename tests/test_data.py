@@ -1,4 +1,4 @@
-"""emotion_pipeline.raw_data: every local format loads the same way, and every bad row is named by file and line."""
+"""emotion_pipeline.data.raw: every local format loads the same way, and every bad row is named by file and line."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from emotion_pipeline.config import DataConfig
+from emotion_pipeline.data.raw import load_splits
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.raw_data import load_splits
 from stages.prepare import data_report
 
 ROWS = [("i feel great; really", "joy"), ("i am so sad", "sadness"), ("what a shock", "surprise")]

@@ -26,7 +26,7 @@ import pytest
 from conftest import copy_project, run, set_params, stages_run, subprocess_env, tiny_params
 from safetensors.numpy import load_file
 
-from emotion_pipeline.checkpoints import COMPLETE_FILE
+from emotion_pipeline.training.checkpoints import COMPLETE_FILE
 
 SAME_BATCHES = {"train": {"group_by_length": False, "epochs": 3}, "lora": {"dropout": 0.0}}
 TWO_PROCESSES = {"compute": {"nproc_per_node": 2}, "train": {"batch_size": 4}}
@@ -217,7 +217,7 @@ def test_killed_two_process_training_resumes_on_two_processes(two_processes, tmp
 
 def test_torchrun_command_follows_params():
     from emotion_pipeline.config import ComputeConfig
-    from emotion_pipeline.distributed import torchrun_args
+    from emotion_pipeline.training.ddp import torchrun_args
 
     assert torchrun_args(ComputeConfig(), "stages", "train") is None  # the default: no torchrun, as before
     one_node = torchrun_args(ComputeConfig(nproc_per_node=4), "stages", "train")

@@ -80,14 +80,26 @@ def test_data_deps_are_exactly_what_the_stage_reads(name):
 
 def test_imports_inside_functions_count(tmp_path):
     module = tmp_path / "stage.py"
-    module.write_text("import os\n\ndef main():\n    from emotion_pipeline.metrics import report_text\n")
-    assert {"emotion_pipeline.metrics", "emotion_pipeline.metrics.report_text"} <= imported_names(module)
+    module.write_text("import os\n\ndef main():\n    from emotion_pipeline.evaluation.metrics import report_text\n")
+    assert {"emotion_pipeline.evaluation.metrics", "emotion_pipeline.evaluation.metrics.report_text"} <= imported_names(module)
+
+
+def test_the_training_launcher_is_a_program_the_stage_execs_not_a_dependency():
+    """Like torchrun, the launcher decides how processes start and meet, never what they compute: editing its
+    messages must re-run no training. The stage hands over to it by module name (exec), so it is no import."""
+    from emotion_pipeline.training.ddp import LAUNCHER
+
+    assert module_file(LAUNCHER) == REPO / "emotion_pipeline/training/launch.py"
+    closure = project_closure("stages.train")
+    assert module_file(LAUNCHER) not in closure
+    assert REPO / "emotion_pipeline/training/rendezvous.py" not in closure
+    assert "emotion_pipeline/training/launch.py" not in STAGES["train"]["deps"]
 
 
 def test_raw_data_readers_belong_to_prepare_only():
-    assert REPO / "emotion_pipeline/raw_data.py" in project_closure("stages.prepare")
+    assert REPO / "emotion_pipeline/data/raw.py" in project_closure("stages.prepare")
     for stage in ("train", "evaluate", "export", "baseline"):
-        assert REPO / "emotion_pipeline/raw_data.py" not in project_closure(f"stages.{stage}")
+        assert REPO / "emotion_pipeline/data/raw.py" not in project_closure(f"stages.{stage}")
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -197,7 +209,7 @@ def test_params_deps_are_exactly_what_the_stage_reads(name):
 
 def test_only_stage_modules_read_params_yaml():
     """Library code gets typed sections from its caller, so a stage module shows all that its stage reads."""
-    readers = [path for path in (REPO / "emotion_pipeline").glob("*.py") if path.name != "config.py"
+    readers = [path for path in (REPO / "emotion_pipeline").rglob("*.py") if path.name != "config.py"
                and "load_params(" in path.read_text(encoding="utf-8")]
     assert not readers, f"library modules that read params.yaml themselves: {readers}"
 

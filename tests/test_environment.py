@@ -15,16 +15,16 @@ import pytest
 import yaml
 from conftest import copy_finished, run, set_params, stages_run, subprocess_env
 
+from emotion_pipeline.compare import environment_differences
 from emotion_pipeline.environment import (
     PORTABLE_DISPATCH,
     RESULT_PACKAGES,
     check_kernel_dispatch,
-    environment_differences,
-    environment_lines,
     environment_record,
     portable_requested,
 )
 from emotion_pipeline.errors import UserError
+from emotion_pipeline.evaluation.reports import environment_lines
 
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = (REPO / "requirements/runtime.txt", REPO / "requirements/dev.txt")

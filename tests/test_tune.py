@@ -22,7 +22,7 @@ from conftest import REPO, copy_finished, run, subprocess_env
 
 optuna = pytest.importorskip("optuna")
 
-from emotion_pipeline.tune import SearchRange, TuneConfig, distributions, grid, override  # noqa: E402
+from emotion_pipeline.search.space import SearchRange, TuneConfig, distributions, grid, override  # noqa: E402
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 TUNE = [sys.executable, "-m", "emotion_pipeline.tune"]
@@ -42,7 +42,7 @@ def tune(project: Path, *args: str, timeout: int = 1800) -> subprocess.Completed
 
 def study_trials(project: Path, study: str) -> list:
     """The study's trials, read as the command and the trials read it (through open_storage)."""
-    from emotion_pipeline.tune_trial import open_storage
+    from emotion_pipeline.search.trial import open_storage
 
     storage = open_storage(f"sqlite:///{project / 'tune' / 'optuna.db'}")
     return optuna.load_study(study_name=study, storage=storage).get_trials()
@@ -188,7 +188,7 @@ import sys, time
 from pathlib import Path
 
 import optuna
-from emotion_pipeline.tune_trial import open_storage
+from emotion_pipeline.search.trial import open_storage
 
 url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 ready.touch()
@@ -217,7 +217,7 @@ def test_processes_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path: Path)
 
 
 def test_a_relative_sqlite_storage_is_made_absolute_other_urls_are_kept(tmp_path: Path, monkeypatch):
-    from emotion_pipeline.tune_trial import absolute_storage_url
+    from emotion_pipeline.search.study import absolute_storage_url
 
     monkeypatch.chdir(tmp_path)
     assert absolute_storage_url("sqlite:///tune/optuna.db") == f"sqlite:///{tmp_path.as_posix()}/tune/optuna.db"
@@ -274,7 +274,7 @@ def test_missing_or_unreadable_tune_files_are_named(tune_dir: Path):
 
 def test_the_shipped_tune_file_is_valid():
     """tune.yaml as committed checks against params.yaml and dvc.yaml (what `python -m emotion_pipeline.tune` reads)."""
-    from emotion_pipeline.tune import load_tune_config
+    from emotion_pipeline.search.space import load_tune_config
 
     cwd = os.getcwd()
     os.chdir(REPO)
@@ -330,8 +330,8 @@ HUNG = None  # the command does not answer: subprocess.TimeoutExpired
 def test_exp_show_is_asked_again_while_it_fails_or_hangs(monkeypatch, failures, error, calls, read):
     """The race seen in CI: `dvc exp show` opens a running experiment's copy that its end has just removed, and
     fails or hangs. Each failure is tried again; only the last of 5 is the command's error."""
-    from emotion_pipeline import tune
     from emotion_pipeline.errors import UserError
+    from emotion_pipeline.search import experiments as tune
 
     asked = []
 

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and paired comparisons (emotion_pipeline.uncertainty) on synthetic predictions.
+"""Bootstrap intervals and paired comparisons (emotion_pipeline.evaluation.uncertainty) on synthetic predictions.
 
 Fast unit tests: the vectorised scores against scikit-learn, intervals that hold the point estimate
 and repeat byte for byte under the same seed, a clear improvement found significant, identical
@@ -16,8 +16,9 @@ from scipy.stats import binom
 from sklearn.metrics import accuracy_score, f1_score
 
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.metrics import classification_metrics, per_class_table, predictions_table, quality_report
-from emotion_pipeline.uncertainty import paired_comparison, paired_labels, score_intervals, scores, verdict
+from emotion_pipeline.evaluation.metrics import classification_metrics, predictions_table
+from emotion_pipeline.evaluation.reports import per_class_table, quality_report, verdict
+from emotion_pipeline.evaluation.uncertainty import paired_comparison, paired_labels, score_intervals, scores
 
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 # The class balance of dair-ai/emotion's test split (surprise: 66 of 2,000).

@@ -40,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_pipeline.errors import UserError, run_command
-from emotion_pipeline.scoring import check_model, command_parser, require_ray, start_ray, stop_ray, worker_threads
+from emotion_pipeline.commands import run_command
+from emotion_pipeline.errors import UserError
+from emotion_pipeline.serving.common import check_model, command_parser, require_ray, start_ray, stop_ray, worker_threads
 
 try:
     from ray.data import Datasource
@@ -200,7 +201,7 @@ class Scorer:
 
     def __init__(self, model_dir: str, threads: int, column: str, batch_size: int, top_k: int | None):
         from emotion_pipeline.predict import class_names
-        from emotion_pipeline.scoring import load_in_worker
+        from emotion_pipeline.serving.common import load_in_worker
 
         self.model, self.tokenizer = load_in_worker(model_dir, threads)
         self.labels = class_names(self.model.config)

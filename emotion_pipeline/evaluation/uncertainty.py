@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.stats import binomtest, bootstrap
 
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.metrics import accuracy, format_interval, macro_f1
+from emotion_pipeline.evaluation.scores import accuracy, macro_f1
 
 HEADLINE_SCORES = ("accuracy", "macro_f1", "weighted_f1")  # each gets an interval, then each class's F1
 COMPARED_SCORES = ("accuracy", "macro_f1")  # what a comparison of two models reports
@@ -37,7 +37,7 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int, axis: int = 
 
     Vectorised over every other axis (one row per bootstrap resample), from per-class counts, so
     that thousands of resamples of 2,000 texts take well under a second. Same definitions as
-    emotion_pipeline.metrics (scikit-learn's, zero_division=0): F1 = 2 TP / (support + predicted),
+    emotion_pipeline.evaluation.metrics (scikit-learn's, zero_division=0): F1 = 2 TP / (support + predicted),
     0 for a class neither present nor predicted. Returns shape (3 + num_labels, *other axes).
     """
     y_true, y_pred = np.moveaxis(np.asarray(y_true), axis, -1), np.moveaxis(np.asarray(y_pred), axis, -1)
@@ -146,35 +146,6 @@ def paired_labels(a: pd.DataFrame, b: pd.DataFrame, a_name: str, b_name: str,
 def _short(text: object, length: int = 60) -> str:
     text = str(text)
     return text if len(text) <= length else text[: length - 1] + "…"
-
-
-def verdict(comparison: dict, a: str = "A", b: str = "B") -> str:
-    """One line: which model is better by McNemar's exact test at 1 − confidence, or none, with p, and
-    whether the macro-F1 difference's interval agrees (it may not: McNemar looks at right vs wrong
-    only, macro-F1 weighs the rare classes up)."""
-    alpha = 1 - comparison["bootstrap"]["confidence"]
-    test, f1 = comparison["mcnemar"], comparison["macro_f1"]
-    p = test["p_value"]
-    if p < alpha:
-        line = f"{b if test['only_b_right'] > test['only_a_right'] else a} better, p = {p:.3g}"
-    else:
-        line = f"no significant difference (p = {p:.3g})"
-    low, high = f1["difference_interval"]
-    f1_says = "excludes 0" if low > 0 or high < 0 else "contains 0"
-    return f"{line}; macro-F1 {b} − {a} {f1['difference']:+.4f} {format_interval([low, high], signed=True)} {f1_says}"
-
-
-def comparison_section(comparison: dict, a: str, b: str) -> list[str]:
-    """Markdown lines: model B against model A on the same test examples, with the verdict."""
-    settings, test = comparison["bootstrap"], comparison["mcnemar"]
-    lines = [f"| score | {a} | {b} | {b} − {a} ({settings['confidence']:.0%} paired interval) |", "| --- | --- | --- | --- |"]
-    lines += [f"| {title} | {s['a']:.4f} | {s['b']:.4f} | {s['difference']:+.4f} "
-              f"{format_interval(s['difference_interval'], signed=True)} |"
-              for title, s in (("accuracy", comparison["accuracy"]), ("macro-F1", comparison["macro_f1"]))]
-    lines += ["", f"Of the {comparison['examples']} test texts, {test['only_a_right']} are right by {a} alone and "
-              f"{test['only_b_right']} by {b} alone (McNemar's exact test: p = {test['p_value']:.3g}).", "",
-              f"Verdict: {verdict(comparison, a, b)}."]
-    return lines
 
 
 def _bootstrap(data: tuple, statistic, resamples: int, confidence: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

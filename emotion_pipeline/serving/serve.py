@@ -36,8 +36,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from emotion_pipeline.errors import UserError, run_command
-from emotion_pipeline.scoring import (
+from emotion_pipeline.commands import run_command
+from emotion_pipeline.errors import UserError
+from emotion_pipeline.serving.common import (
     check_model,
     command_parser,
     quiet_ray_loggers,
@@ -132,7 +133,7 @@ class EmotionClassifier:
         from ray import serve
 
         from emotion_pipeline.predict import class_names
-        from emotion_pipeline.scoring import load_in_worker
+        from emotion_pipeline.serving.common import load_in_worker
 
         self.model_dir, self.limits, self.batching, self.max_batch_size = model_dir, limits, batching, max_batch_size
         self.model, self.tokenizer = load_in_worker(model_dir, threads)

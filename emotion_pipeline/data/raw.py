@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from emotion_pipeline.config import DataConfig
+from emotion_pipeline.data.prepared import SPLITS
 from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.paths import RAW_DATA_DIR
-from emotion_pipeline.prepared import SPLITS
 from emotion_pipeline.sources import not_local_either, resolve_source, warn_if_untracked
 
 # Other names a split file goes by (Kaggle ships the validation split as val.txt).

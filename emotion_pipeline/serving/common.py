@@ -16,7 +16,7 @@ from pathlib import Path
 from emotion_pipeline.errors import UserError
 
 # emotion_pipeline.predict (and with it torch and transformers) is imported inside the functions that load a
-# model: Ray Data's read tasks unpickle emotion_pipeline.batch, and so this module, in worker processes that
+# model: Ray Data's read tasks unpickle emotion_pipeline.serving.batch, and so this module, in worker processes that
 # only read text; importing torch there cost ~300 MiB a worker.
 
 

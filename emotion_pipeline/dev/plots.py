@@ -1,9 +1,9 @@
 """Plots you can look at with no network: `dvc plots show/diff` pages with the Vega libraries inlined,
 static SVG and PNG files of every plot, and a headless-browser screenshot to check a page by eye.
 
-    python -m emotion_pipeline.plots show                      # dvc_plots/index.html + dvc_plots/static/*.svg|png
-    python -m emotion_pipeline.plots diff main <experiment>    # the same for `dvc plots diff` (any revisions)
-    python -m emotion_pipeline.plots screenshot dvc_plots/index.html page.png   # Chromium, network off
+    python -m emotion_pipeline.dev.plots show                      # dvc_plots/index.html + dvc_plots/static/*.svg|png
+    python -m emotion_pipeline.dev.plots diff main <experiment>    # the same for `dvc plots diff` (any revisions)
+    python -m emotion_pipeline.dev.plots screenshot dvc_plots/index.html page.png   # Chromium, network off
 
 `dvc plots show` alone writes a page that loads Vega from a CDN: blank on an air-gapped machine.
 Here the page template carries the Vega, Vega-Lite and Vega-Embed code itself, taken from the

@@ -1,12 +1,9 @@
 """Crash recovery for training: which checkpoint to resume from, and clearing up after a finished run.
 
-Trainer saves a checkpoint into ``models/checkpoints`` at each epoch end. That folder is scratch,
-not a DVC output: `dvc repro` never deletes it, and a clone that pulled a finished run does not
-miss it. What decides the run is stored beside the checkpoints (``fingerprint.json``: the params,
-the number of processes, and a hash of every file the train stage depends on in dvc.yaml, code,
-runtime lock, prepared data and base model included): a checkpoint is resumed only by a run with the
-same inputs, so a crash followed by a change of params, code, data, model or environment never mixes
-two runs, and the log names what changed.
+Trainer saves a checkpoint into ``models/checkpoints`` at each epoch end: scratch, not a DVC output, so `dvc repro`
+never deletes it and a clone that pulled a finished run does not miss it. Beside it, ``fingerprint.json`` holds what
+decides the run (run_inputs): a checkpoint is resumed only by a run with the same inputs, so a crash followed by a
+change of params, code, data, base model or environment never mixes two runs, and the log names what changed.
 """
 
 from __future__ import annotations
@@ -21,9 +18,9 @@ import torch.distributed as dist
 import yaml
 from transformers import TrainerCallback
 
-from emotion_pipeline.distributed import broadcast_from_rank0
 from emotion_pipeline.io import write_json
 from emotion_pipeline.paths import BASE_MODELS_DIR, RUNTIME_LOCK
+from emotion_pipeline.training.ddp import broadcast_from_rank0
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +31,7 @@ FINGERPRINT_FILE = "fingerprint.json"
 COMPLETE_FILE = "checkpoint_complete.json"
 # Where the stage code that is running lives (the project root for `python -m stages`, also in a DVC
 # experiment's copy), and the dvc.yaml dep folders that are code.
-CODE_ROOT = Path(__file__).resolve().parents[1]
+CODE_ROOT = Path(__file__).resolve().parents[2]
 CODE_PACKAGES = ("stages", "emotion_pipeline")
 
 

@@ -8,11 +8,8 @@ folder it was queued from (DVC_ROOT; the run itself happens in a copy under .dvc
 finds the file without any param: the run-cache key and `dvc exp show` of a trial are those of a hand-run
 experiment with the same params. Without the file (every run that is not a tune trial) nothing happens.
 
-A pruned trial fails its train stage (one paragraph, exit 2) rather than finishing early: a finished
-train stage would enter DVC's run cache with half-trained outputs under the trial's params, and a later
-`dvc exp run` of those params would restore them instead of training. So a pruned trial shows in
-`dvc exp show` as a Failed experiment, never as a finished one with a score, and Optuna records it as
-pruned (the tune command tells it, reading the epoch recorded here).
+A pruned trial fails its train stage (one paragraph, exit 2) rather than finishing early, so that no half-trained
+run enters DVC's run cache under the trial's params (docs/experiments.md, "Pruning").
 """
 
 from __future__ import annotations
@@ -25,24 +22,12 @@ from emotion_pipeline.errors import UserError, first_line
 
 TRIALS_DIR = Path("tune") / "trials"  # in the project folder the tune command runs in; git-ignored
 PRUNED_AT_EPOCH = "pruned_at_epoch"  # the trial's user attribute: the epoch after which it stopped
-# metrics/train.json keys a pruner can follow epoch by epoch, and the Trainer's name for each per-epoch value.
-EPOCH_METRICS = {"val_macro_f1": "eval_macro_f1", "val_accuracy": "eval_accuracy"}
 
 
 def trial_file(project: Path, experiment: str) -> Path:
     return project / TRIALS_DIR / f"{experiment}.json"
 
 
-def write_trial_file(project: Path, experiment: str, storage: str, study: str, trial_id: int, number: int,
-                     epoch_metric: str | None, pruner: dict) -> Path:
-    """What the experiment's train stage needs to report to its trial (epoch_metric None: no pruning), and the
-    study's pruner settings (Optuna keeps no pruner in its storage: whoever asks should_prune brings one)."""
-    path = trial_file(project, experiment)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"storage": storage, "study": study, "trial_id": trial_id, "number": number, "epoch_metric": epoch_metric,
-              "pruner": pruner}
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return path
 
 
 def make_pruner(settings: dict):
@@ -80,16 +65,6 @@ def open_storage(url: str):
         return optuna.storages.RDBStorage(url, engine_kwargs=wait_for_lock)
 
 
-def absolute_storage_url(url: str) -> str:
-    """The storage URL with a sqlite: file made absolute (SQLAlchemy reads a relative one from the working folder).
-    Each trial's train stage opens the study too, from the copy of the project DVC runs it in (.dvc/tmp/exps/):
-    there a relative file would be another one, in a tune/ folder that is not there (it is git-ignored)."""
-    database = sqlite_file(url) if url.startswith("sqlite:") else None
-    if database is None:
-        return url
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(database=database.as_posix()).render_as_string(hide_password=False)
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -1,6 +1,6 @@
-"""The per-class logit bias (the train.fit_class_bias lever): how it is fitted, where it is stored, how it is applied.
-
-This module is the bias's one home; every stage and predict path goes through it.
+"""The per-class logit bias (the train.fit_class_bias lever): how it is fitted and where it is stored (here, the
+train stage's side), how it is applied (emotion_pipeline.inference.class_bias, the side of evaluate, export and
+every predict path). Each side has one home; the split keeps the applying code out of training's dependencies.
 
 Why: cross-entropy training makes the most accurate classifier, not the one with the best
 macro-F1: the rare classes (love, surprise) are predicted too seldom. Adding one constant per
@@ -27,12 +27,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from emotion_pipeline.paths import CLASS_BIAS_FILE
 
 log = logging.getLogger(__name__)
 
-BIAS_FILE = "class_bias.json"  # in the adapter folder, beside the weights it belongs to
-CONFIG_KEY = "class_logit_bias"  # in config.json, for heads without a bias parameter
 
 
 # --------------------------------------------------------------------------- 1. fitting (train)
@@ -40,7 +39,7 @@ CONFIG_KEY = "class_logit_bias"  # in config.json, for heads without a bias para
 
 def biased_macro_f1(logits: np.ndarray, labels: np.ndarray, bias: np.ndarray | float) -> float:
     """Macro-F1 over every class of argmax(logits + bias)."""
-    from emotion_pipeline.metrics import macro_f1  # here: predicting must not import scikit-learn
+    from emotion_pipeline.evaluation.scores import macro_f1
 
     return macro_f1(labels, (logits + bias).argmax(axis=1), logits.shape[1])
 
@@ -95,7 +94,7 @@ def cross_checked_class_bias(logits: np.ndarray, labels: np.ndarray) -> tuple[np
 def fit_on_validation(logits: np.ndarray, label_ids: np.ndarray, labels: list[str]) -> tuple[np.ndarray | None, dict]:
     """The train stage's use of the lever: the cross-checked bias (None if not kept), and what the
     run's details file records about it (the check; and when kept, the bias and validation scores with it)."""
-    from emotion_pipeline.metrics import accuracy, macro_f1
+    from emotion_pipeline.evaluation.scores import accuracy, macro_f1
 
     bias, check = cross_checked_class_bias(logits, label_ids)
     record: dict = {"class_bias_check": check}
@@ -116,56 +115,22 @@ def fit_on_validation(logits: np.ndarray, label_ids: np.ndarray, labels: list[st
 
 def write_class_bias(folder: Path, bias: np.ndarray, labels: list[str]) -> None:
     record = {"labels": labels, "bias": [round(float(value), 6) for value in bias]}
-    (folder / BIAS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (folder / CLASS_BIAS_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def read_class_bias(folder: Path) -> np.ndarray | None:
-    """The bias stored with an adapter, or None when the lever was off or the bias was not kept."""
-    path = folder / BIAS_FILE
-    if not path.is_file():
-        return None
-    return np.asarray(json.loads(path.read_text())["bias"], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- 3. into the model (evaluate, export)
 
 
-def carry_stored_bias(model, adapter_dir: Path) -> np.ndarray | None:
-    """Put the bias stored with the adapter (if any) into the merged classifier ``model``; return it."""
-    bias = read_class_bias(adapter_dir)
-    if bias is not None:
-        apply_class_bias(model, bias)
-    return bias
 
 
-def logits_layer(model) -> torch.nn.Linear | None:
-    """The layer that writes a classifier's logits: the last Linear with one output per class
-    (BERT's ``classifier``, Qwen3's ``score``, RoBERTa's ``classifier.out_proj``), or None."""
-    linears = [module for module in model.modules()
-               if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels]
-    return linears[-1] if linears else None
 
 
-def apply_class_bias(model, bias: np.ndarray) -> None:
-    """Put ``bias`` into a (merged) classifier: into the bias of its logits layer if it has one, else into its config."""
-    head = logits_layer(model)
-    if head is not None and head.bias is not None:
-        with torch.no_grad():
-            head.bias += torch.as_tensor(bias, dtype=head.bias.dtype, device=head.bias.device)
-    else:
-        setattr(model.config, CONFIG_KEY, [round(float(value), 6) for value in bias])
 
 
 # --------------------------------------------------------------------------- 4. applying (predict)
 
 
-def config_bias(config) -> np.ndarray | None:
-    """The bias a model's config carries (heads without a bias parameter), or None: predict_proba adds it to the logits."""
-    bias = getattr(config, CONFIG_KEY, None)
-    return None if bias is None else np.asarray(bias, dtype=np.float32)
 
 
-def shift_probs(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """softmax(logits + bias) from softmax(logits): each row times exp(bias), renormalised."""
-    shifted = probs * np.exp(bias)[None, :]
-    return shifted / shifted.sum(axis=1, keepdims=True)

@@ -22,7 +22,6 @@ from transformers import (
 from emotion_pipeline.config import LoraParams, ModelConfig
 from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.paths import BASE_MODELS_DIR
-from emotion_pipeline.prepared import read_labels
 from emotion_pipeline.sources import check_model_folder, not_local_either, resolve_source, warn_if_untracked
 
 log = logging.getLogger(__name__)
@@ -151,10 +150,6 @@ def lora_targets(model: PreTrainedModel, params: LoraParams) -> list[str] | str:
     return params.target_modules
 
 
-def merged(model: PeftModel | PreTrainedModel) -> PreTrainedModel:
-    """A plain transformers model: LoRA folded into the base weights (as cheap to run as the base), or
-    a fully fine-tuned model as it is."""
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
 def trainable_parameters(model: PreTrainedModel | PeftModel) -> tuple[int, int]:
@@ -190,26 +185,4 @@ def _sort_set_fields(config: LoraConfig) -> None:
             setattr(config, field.name, sorted(value))
 
 
-def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, device: torch.device,
-                       dtype: torch.dtype = torch.float32) -> tuple[PeftModel | PreTrainedModel, object]:
-    """Base model from ``model.name`` plus the trained adapter, head and tokenizer from ``adapter_dir``,
-    on ``device`` and in eval mode; or, after full fine-tuning (lora.enabled false), the whole trained
-    classifier saved there.
-
-    The base comes from params, not from the adapter's base_model_name_or_path, so a base that
-    was moved (or built from a config, which records no name) still loads.
-    """
-    has_adapter = (adapter_dir / "adapter_config.json").is_file()
-    if not has_adapter and not (adapter_dir / "config.json").is_file():
-        raise UserError(f"{adapter_dir}: no trained adapter found; run the train stage first (dvc repro train).")
-    tokenizer = load_tokenizer(str(adapter_dir))
-    if not has_adapter:  # lora.enabled false: train saved the whole fine-tuned classifier
-        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=dtype, use_safetensors=True,
-                                                                   trust_remote_code=cfg.trust_remote_code)
-    else:
-        labels = read_labels(adapter_dir)
-        base = load_classifier_base(resolve_model(cfg.name), cfg, labels, tokenizer.pad_token_id, dtype)
-        model = PeftModel.from_pretrained(base, adapter_dir)
-    model.to(device).eval()
-    return model, tokenizer
 

@@ -3,8 +3,8 @@
 The pipeline loads it with the same ``from_pretrained(path)`` code as the real Qwen3-0.6B, so a
 run on it exercises every line of the product in seconds (it learns nothing useful).
 
-    python -m emotion_pipeline.tiny models/tiny-qwen3
-    python -m emotion_pipeline.tiny models/tiny-qwen3 --vocab-size 4096 --corpus ../shared/data/emotion
+    python -m emotion_pipeline.dev.tiny models/tiny-qwen3
+    python -m emotion_pipeline.dev.tiny models/tiny-qwen3 --vocab-size 4096 --corpus ../shared/data/emotion
 """
 
 from __future__ import annotations
@@ -65,13 +65,13 @@ def train_texts(folder: Path | str) -> list[str]:
     """The texts of a data folder's train split, read as the prepare stage reads ``data.source`` (any of its four
     formats, a byte-order mark, CRLF, blank lines; a bad line is a UserError naming it)."""
     from emotion_pipeline.config import DataConfig
-    from emotion_pipeline.raw_data import load_local_split
+    from emotion_pipeline.data.raw import load_local_split
 
     return load_local_split(Path(folder), "train", DataConfig())["text"].tolist()
 
 
 if __name__ == "__main__":
-    from emotion_pipeline.errors import import_for_command, run_command
+    from emotion_pipeline.commands import import_for_command, run_command
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
@@ -80,6 +80,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if (args.vocab_size is None) != (args.corpus is None):
         parser.error("--vocab-size and --corpus go together")
-    import_for_command("python -m emotion_pipeline.tiny", "torch", "transformers")
+    import_for_command("python -m emotion_pipeline.dev.tiny", "torch", "transformers")
     run_command(lambda: print(build_tiny_qwen3(args.out_dir, vocab_size=args.vocab_size,
                                                corpus=train_texts(args.corpus) if args.corpus else ())))

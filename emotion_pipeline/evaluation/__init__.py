@@ -1,0 +1,1 @@
+"""Scores: the metrics, their bootstrap intervals and paired comparisons, and reports for people."""
