@@ -25,6 +25,7 @@ import numpy as np
 from emotion_pipeline.commands import run_command
 from emotion_pipeline.config import Params, changes_results
 from emotion_pipeline.errors import UserError, first_line
+from emotion_pipeline.evaluation.reports import text_table
 from emotion_pipeline.evaluation.uncertainty import HEADLINE_SCORES
 from emotion_pipeline.paths import TEST_DETAILS, TEST_METRICS
 
@@ -100,11 +101,10 @@ def report(result: dict) -> str:
     for score, s in result["scores"].items():
         rows.append((score, f"{s['mean']:.4f} ± {s['std']:.4f}", f"{s['min']:.4f}", f"{s['max']:.4f}",
                      "-" if s["bootstrap_half_width"] is None else f"{s['bootstrap_half_width']:.4f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     seeds = ", ".join(f"{name} (seed {seed:g})" if isinstance(seed, (int, float)) else name
                       for name, seed in zip(result["experiments"], result["seeds"]))
     return "\n".join([f"{len(result['experiments'])} runs: {seeds}",
-                      *("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)]) + "\n"
+                      *text_table(rows)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

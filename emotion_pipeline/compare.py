@@ -31,7 +31,7 @@ import pandas as pd
 from emotion_pipeline.commands import run_command
 from emotion_pipeline.config import MetricsConfig
 from emotion_pipeline.errors import UserError, first_line
-from emotion_pipeline.evaluation.reports import environment_lines, format_interval, verdict, with_interval
+from emotion_pipeline.evaluation.reports import environment_lines, format_interval, text_table, verdict, with_interval
 from emotion_pipeline.evaluation.uncertainty import COMPARED_SCORES, paired_comparison, paired_labels, score_intervals
 from emotion_pipeline.paths import BASELINE_PREDICTIONS, PREDICTIONS, TEST_DETAILS, TRAIN_RUN_INFO
 
@@ -163,8 +163,7 @@ def report(a: Side, b: Side, result: dict) -> str:
         rows.append((title, with_interval(s["a"], result["intervals"]["a"][score]),
                      with_interval(s["b"], result["intervals"]["b"][score]),
                      f"{s['difference']:+.4f} {format_interval(s['difference_interval'], signed=True)}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    table = text_table(rows)
     return "\n".join([
         f"A: {a.describe()}",
         f"B: {b.describe()}",
@@ -221,13 +220,13 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else report(a, b, result), end="\n" if args.json else "")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def environment_differences(a: dict | None, b: dict | None) -> list[tuple[str, str, str]]:
     """(key, value in a, value in b) for each line in which two environment blocks differ, in a's order."""
     first = dict(line.split(": ", 1) for line in environment_lines(a or {}))
     second = dict(line.split(": ", 1) for line in environment_lines(b or {}))
     keys = list(first) + [key for key in second if key not in first]
     return [(key, first.get(key, "-"), second.get(key, "-")) for key in keys if first.get(key) != second.get(key)]
+
+
+if __name__ == "__main__":
+    main()

@@ -228,26 +228,33 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(_describe(exc, path)) from None
+        raise UserError(f"{path}: {validation_problems(exc, Params)}.") from None
 
 
-def _describe(exc: ValidationError, path: Path) -> str:
-    """Turn pydantic's report into one paragraph per problem that names the key."""
+def validation_problems(exc: ValidationError, root: type[BaseModel]) -> str:
+    """pydantic's report on a settings file read into ``root`` as one sentence, one clause per problem, each naming
+    its key: the one wording of params.yaml's and tune.yaml's errors."""
     problems = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
-            section_model = _model_at(err["loc"][:-1])
+            section_model = _model_at(err["loc"][:-1], root)
             valid = ", ".join(section_model.model_fields) if section_model else "?"
             problems.append(f"unknown key '{key}' (valid keys here: {valid})")
+        elif key:
+            problems.append(f"'{key}' is invalid: {problem_message(err)} (given: {err.get('input')!r})")
         else:
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"'{key}' = {err.get('input')!r} is invalid: {message}")
-    return f"{path}: " + "; ".join(problems) + "."
+            problems.append(problem_message(err))
+    return "; ".join(problems)
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = Params
+def problem_message(err: dict) -> str:
+    """One of pydantic's errors in our words: its message without the 'Value error, ' that our validators get."""
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    model: type[BaseModel] = root
     for part in loc:
         field = model.model_fields.get(str(part))
         if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):

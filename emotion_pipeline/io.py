@@ -16,25 +16,35 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
 def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
-def write_text(path: Path | str, text: str) -> None:
+@contextmanager
+def atomic_file(path: Path | str, binary: bool = False) -> Iterator[IO]:
+    """A handle on a new file beside ``path``: when the block ends without error the file is flushed to disk and
+    moved into place; on any error or interrupt it is removed and ``path`` stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = _temporary_name(path)
     try:
-        with staging.open("x", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with staging.open("xb") if binary else staging.open("x", encoding="utf-8") as handle:
+            yield handle
+            if not handle.closed:  # a writer given the handle (pyarrow's) may have closed it, flushed
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(staging, path)
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_file(path) as handle:
+        handle.write(text)
 
 
 def write_json(path: Path | str, data: object) -> None:

@@ -83,6 +83,11 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
 DIGITS = 6  # every probability emotion-predict, emotion-serve and emotion-batch give out, rounded to this
 
 
+def ranked(labels: list[str], row: np.ndarray, k: int) -> list[dict]:
+    """The ``k`` most likely classes of one text's probabilities, most likely first (ties in class order)."""
+    return [{"label": labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")[:k]]
+
+
 def score_fields(labels: list[str], row: np.ndarray, top_k: int | None = None) -> dict:
     """One text's fields from its probabilities: label and score, then every class's score ("scores") or the
     top_k best ("top_k", most likely first). What emotion-predict prints, emotion-serve answers and
@@ -90,8 +95,7 @@ def score_fields(labels: list[str], row: np.ndarray, top_k: int | None = None) -
     best = int(row.argmax())
     fields = {"label": labels[best], "score": round(float(row[best]), DIGITS)}
     if top_k:
-        fields["top_k"] = [{"label": labels[i], "score": round(float(row[i]), DIGITS)}
-                           for i in np.argsort(-row, kind="stable")[:top_k]]
+        fields["top_k"] = [{**best, "score": round(best["score"], DIGITS)} for best in ranked(labels, row, top_k)]
     else:
         fields["scores"] = {name: round(float(p), DIGITS) for name, p in zip(labels, row)}
     return fields
@@ -168,9 +172,8 @@ def load_classifier(model_dir: str, device: str = "auto", batch_size: int = 64, 
 
     def classify(texts: str | list[str], top_k: int = 1) -> list:
         probs = predict_proba(model, tokenizer, [texts] if isinstance(texts, str) else list(texts), batch_size, max_length)
-        ranked = [[{"label": labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")[:top_k]]
-                  for row in probs]
-        return [best[0] for best in ranked] if top_k == 1 else ranked
+        best = [ranked(labels, row, top_k) for row in probs]
+        return [first[0] for first in best] if top_k == 1 else best
 
     return classify
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import ParameterGrid
@@ -24,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 from emotion_pipeline.config import load_params
 from emotion_pipeline.data.prepared import read_prepared
 from emotion_pipeline.environment import environment_record
-from emotion_pipeline.evaluation.metrics import classification_metrics, headline, predictions_table
+from emotion_pipeline.evaluation.metrics import classification_metrics, full_proba, headline, predictions_table
 from emotion_pipeline.evaluation.reports import quality_report
 from emotion_pipeline.evaluation.scores import accuracy, macro_f1
 from emotion_pipeline.evaluation.uncertainty import score_intervals
@@ -62,7 +61,7 @@ def main() -> None:
     classifier = fit(train, chosen, cfg.max_features, cfg.seed)
     # predict_proba columns follow classifier.classes_; place them at their class ids, since a
     # class absent from train would otherwise shift every column after it.
-    probs = _full_proba(classifier.predict_proba(test["text"]), classifier.classes_, len(labels))
+    probs = full_proba(classifier.predict_proba(test["text"]), classifier.classes_, len(labels))
 
     y_true = test["label"].to_numpy()
     scoring = params.metrics
@@ -95,7 +94,3 @@ def describe(setting: dict) -> str:
             f"sublinear tf {'on' if setting['sublinear_tf'] else 'off'}")
 
 
-def _full_proba(partial: np.ndarray, classes: np.ndarray, num_labels: int) -> np.ndarray:
-    probs = np.zeros((partial.shape[0], num_labels))
-    probs[:, classes] = partial
-    return probs

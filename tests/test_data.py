@@ -10,8 +10,8 @@ import pytest
 
 from emotion_pipeline.config import DataConfig
 from emotion_pipeline.data.raw import load_splits
+from emotion_pipeline.data.report import data_report
 from emotion_pipeline.errors import UserError
-from stages.prepare import data_report
 
 ROWS = [("i feel great; really", "joy"), ("i am so sad", "sadness"), ("what a shock", "surprise")]
 OK_TXT = "i feel fine;joy\ni feel low;sadness\n"

@@ -217,7 +217,7 @@ def test_killed_two_process_training_resumes_on_two_processes(two_processes, tmp
 
 def test_torchrun_command_follows_params():
     from emotion_pipeline.config import ComputeConfig
-    from emotion_pipeline.training.ddp import torchrun_args
+    from emotion_pipeline.training.launch import torchrun_args
 
     assert torchrun_args(ComputeConfig(), "stages", "train") is None  # the default: no torchrun, as before
     one_node = torchrun_args(ComputeConfig(nproc_per_node=4), "stages", "train")

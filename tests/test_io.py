@@ -50,3 +50,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         write_text(path, 123)  # fails inside the write, after the temporary file exists
     assert path.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_an_atomic_file_is_complete_or_absent(tmp_path):
+    """emotion-batch's output and every metrics file: flushed and moved into place, or removed on an error."""
+    from emotion_pipeline.io import atomic_file
+
+    target = tmp_path / "out.jsonl"
+    target.write_bytes(b"previous\n")
+    with pytest.raises(RuntimeError), atomic_file(target, binary=True) as handle:
+        handle.write(b"half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"previous\n" and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+    with atomic_file(target, binary=True) as handle:
+        handle.write(b"new\n")
+        handle.close()  # a writer handed the handle (pyarrow's) may close it itself
+    assert target.read_bytes() == b"new\n" and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotion_pipeline.evaluation.metrics import classification_metrics, expected_calibration_error, predictions_table
+from emotion_pipeline.evaluation.metrics import classification_metrics, expected_calibration_error, full_proba, predictions_table
 from emotion_pipeline.evaluation.reports import quality_report
-from stages.baseline import _full_proba
 
 LABELS = ["a", "b", "c"]
 # true:      a    a    b    b    c
@@ -85,5 +84,5 @@ def test_quality_report_has_the_class_table_and_the_most_confident_mistakes_firs
 
 def test_full_proba_places_columns_at_class_ids():
     partial = np.array([[0.7, 0.3], [0.2, 0.8]])
-    full = _full_proba(partial, np.array([0, 2]), 4)  # classes 1 and 3 absent from train
+    full = full_proba(partial, np.array([0, 2]), 4)  # classes 1 and 3 absent from train
     np.testing.assert_array_equal(full, [[0.7, 0.0, 0.3, 0.0], [0.2, 0.0, 0.8, 0.0]])

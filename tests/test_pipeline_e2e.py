@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 HEADLINE_KEYS = {"accuracy", "macro_f1", "weighted_f1", "ece"}
 METRIC_KEYS = HEADLINE_KEYS | {"examples", "macro_precision", "macro_recall", "weighted_precision", "weighted_recall",
-                               "per_class", "intervals"}
+                               "per_class", "intervals", "environment"}
 
 
 def declared_outputs(project: Path) -> list[Path]:
@@ -36,7 +36,7 @@ def declared_outputs(project: Path) -> list[Path]:
 def check_metrics(metrics: dict, examples: int) -> None:
     assert set(metrics) == METRIC_KEYS
     assert metrics["examples"] == examples
-    for key in METRIC_KEYS - {"examples", "per_class", "intervals"}:
+    for key in METRIC_KEYS - {"examples", "per_class", "intervals", "environment"}:
         assert 0.0 <= metrics[key] <= 1.0, key
     intervals = metrics["intervals"]  # each bootstrap interval holds its point estimate
     for key in ("accuracy", "macro_f1", "weighted_f1"):

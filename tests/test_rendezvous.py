@@ -141,7 +141,7 @@ def test_a_host_that_does_not_resolve_is_one_paragraph():
 
 def test_torchrun_waits_as_long_as_params_say():
     from emotion_pipeline.config import ComputeConfig
-    from emotion_pipeline.training.ddp import torchrun_args
+    from emotion_pipeline.training.launch import torchrun_args
 
     args = torchrun_args(ComputeConfig(nnodes=3, rdzv_timeout_s=45), "stages", "train")
     assert args[args.index("--rdzv-conf") + 1] == "join_timeout=45,read_timeout=45"

@@ -42,7 +42,7 @@ def tune(project: Path, *args: str, timeout: int = 1800) -> subprocess.Completed
 
 def study_trials(project: Path, study: str) -> list:
     """The study's trials, read as the command and the trials read it (through open_storage)."""
-    from emotion_pipeline.search.trial import open_storage
+    from emotion_pipeline.search.study import open_storage
 
     storage = open_storage(f"sqlite:///{project / 'tune' / 'optuna.db'}")
     return optuna.load_study(study_name=study, storage=storage).get_trials()
@@ -188,7 +188,7 @@ import sys, time
 from pathlib import Path
 
 import optuna
-from emotion_pipeline.search.trial import open_storage
+from emotion_pipeline.search.study import open_storage
 
 url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 ready.touch()

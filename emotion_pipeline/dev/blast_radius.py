@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from emotion_pipeline.evaluation.reports import text_table
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("stages", "emotion_pipeline")
 
@@ -120,8 +122,7 @@ def render(rows: list[tuple[str, ...]], header: tuple[str, ...], markdown: bool)
         return "\n".join(["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
                           *("| " + " | ".join(f"`{row[0]}`" if i == 0 and row[0].endswith(".py") else cell
                                                 for i, cell in enumerate(row)) + " |" for row in rows)])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows])
+    return "\n".join(text_table([header, *rows]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -86,3 +86,9 @@ def _rounded(value):
     if isinstance(value, (float, np.floating)):
         return round(float(value), 6)
     return value
+
+
+def full_proba(partial: np.ndarray, classes: np.ndarray, num_labels: int) -> np.ndarray:
+    probs = np.zeros((partial.shape[0], num_labels))
+    probs[:, classes] = partial
+    return probs

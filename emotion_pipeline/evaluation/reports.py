@@ -22,6 +22,12 @@ def report_text(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> st
                                  digits=4, zero_division=0)
 
 
+def text_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as a terminal table: columns left-aligned to their widest cell, two spaces apart, no trailing blanks."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
 def quality_report(metrics: dict, table: pd.DataFrame, labels: list[str], top_mistakes: int, title: str,
                    sections: Sequence[str] = ()) -> str:
     """Markdown an engineer reads to decide what to try next.

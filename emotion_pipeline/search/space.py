@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from emotion_pipeline.config import Params, Section, read_yaml
+from emotion_pipeline.config import Params, Section, problem_message, read_yaml, validation_problems
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.paths import PARAMS_FILE
 
@@ -119,14 +119,7 @@ def load_tune_config(path: Path, overrides: dict) -> TuneConfig:
     try:
         config = TuneConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(part) for part in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"unknown key '{key}' (valid: {', '.join(TuneConfig.model_fields)})"
-                            if err["type"] == "extra_forbidden" and len(err["loc"]) == 1 else
-                            f"'{key}' is invalid: {message}" if key else message)
-        raise UserError(f"{path}: " + "; ".join(problems) + ".") from None
+        raise UserError(f"{path}: {validation_problems(exc, TuneConfig)}.") from None
     check_space_against_params(config.space, path)
     return config
 
@@ -146,7 +139,7 @@ def check_space_against_params(space: dict[str, SearchRange], path: Path) -> Non
             try:
                 Params.model_validate(candidate)
             except ValidationError as exc:
-                message = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                message = "; ".join(problem_message(err) for err in exc.errors())
                 raise UserError(f"{path}: space '{key}': {value!r} is not a valid {key} ({message}).") from None
 
 

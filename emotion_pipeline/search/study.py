@@ -8,7 +8,7 @@ from pathlib import Path
 
 from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.search.space import TuneConfig, pruner_settings, sampler_for
-from emotion_pipeline.search.trial import make_pruner, open_storage, sqlite_file, trial_file
+from emotion_pipeline.search.trial import make_pruner, trial_file, trial_storage
 
 
 def write_trial_file(project: Path, experiment: str, storage: str, study: str, trial_id: int, number: int,
@@ -86,3 +86,27 @@ def running_count(study) -> int:
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def open_storage(url: str):
+    """The study's Optuna storage as the tune command (and whoever may create the study) opens it: an RDB URL, SQLite by
+    default, PostgreSQL or MySQL for several machines."""
+    database = sqlite_file(url) if url.startswith("sqlite:") else None
+    if database is None or not database.parent.is_dir():  # a server, in memory, or a folder SQLite's error will name
+        return trial_storage(url)
+    # Opening creates the file's tables and Optuna's schema version unless they exist, and SQLite's lock does not
+    # cover that check-then-create: two processes opening a new file at once fail with "table studies already
+    # exists" or "UNIQUE constraint failed: alembic_version" (two tune commands started together, or a reader
+    # polling a study while the command creates it). So one process at a time opens it.
+    from filelock import FileLock
+
+    with FileLock(str(database) + ".lock"):
+        return trial_storage(url)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a sqlite: storage URL (relative to the working folder, as SQLAlchemy reads it); None in memory."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return None if not database or database == ":memory:" else Path(database).absolute()

@@ -42,37 +42,19 @@ def make_pruner(settings: dict):
     return optuna.pruners.NopPruner()
 
 
-def open_storage(url: str):
-    """The study's Optuna storage (an RDB URL: SQLite by default, PostgreSQL or MySQL for several machines)."""
+
+
+
+
+
+
+def trial_storage(url: str):
+    """The study's Optuna storage as a trial's train stage opens it: the study exists (the tune command made it before
+    queueing the trial). A SQLite file is written by several processes at once (the command, each trial): wait for
+    its lock as long as a busy machine needs, rather than fail with "database is locked"."""
     import optuna
 
-    if not url.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(url)
-    # Several processes write one SQLite file (the tune command, each trial's train stage, another tune
-    # command on the same study): wait for its lock, as long as a busy machine needs, rather than fail
-    # with "database is locked".
-    wait_for_lock = {"connect_args": {"timeout": 300}}
-    database = sqlite_file(url)
-    if database is None or not database.parent.is_dir():  # in memory, or a folder SQLite's own error will name
-        return optuna.storages.RDBStorage(url, engine_kwargs=wait_for_lock)
-    # Opening creates the file's tables and Optuna's schema version unless they exist, and SQLite's lock does not
-    # cover that check-then-create: two processes opening a new file at once fail with "table studies already
-    # exists" or "UNIQUE constraint failed: alembic_version" (two tune commands started together, or a reader
-    # polling a study while the command creates it). So one process at a time opens it.
-    from filelock import FileLock
-
-    with FileLock(str(database) + ".lock"):
-        return optuna.storages.RDBStorage(url, engine_kwargs=wait_for_lock)
-
-
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file of a sqlite: storage URL (relative to the working folder, as SQLAlchemy reads it); None in memory."""
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    return None if not database or database == ":memory:" else Path(database).absolute()
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 300}} if url.startswith("sqlite:") else None)
 
 
 def pruning_callback():
@@ -88,7 +70,7 @@ def pruning_callback():
     from transformers import TrainerCallback  # here, not above: the tune command imports this module too
 
     try:
-        study = optuna.load_study(study_name=record["study"], storage=open_storage(record["storage"]),
+        study = optuna.load_study(study_name=record["study"], storage=trial_storage(record["storage"]),
                                   pruner=make_pruner(record["pruner"]))
     except Exception as exc:  # noqa: BLE001  SQLAlchemy/driver errors share no base class worth naming here
         raise UserError(f"tune trial {experiment}: cannot open its study '{record['study']}' in {record['storage']} "

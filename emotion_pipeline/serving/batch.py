@@ -29,8 +29,6 @@ import argparse
 import io
 import json
 import logging
-import os
-import secrets
 import signal
 import sys
 import time
@@ -42,6 +40,7 @@ import numpy as np
 
 from emotion_pipeline.commands import run_command
 from emotion_pipeline.errors import UserError
+from emotion_pipeline.io import atomic_file
 from emotion_pipeline.serving.common import check_model, command_parser, require_ray, start_ray, stop_ray, worker_threads
 
 try:
@@ -232,39 +231,34 @@ def write_records(batches: Iterator, output: Path, first_number: int) -> tuple[i
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    staging = output.with_name(f".{output.name}.{secrets.token_hex(4)}.tmp")
     number, written, skipped = first_number, 0, 0
     writer = None
     began = reported = time.monotonic()
-    try:
-        with staging.open("xb") as handle:
-            for batch in batches:
-                numbers = np.arange(number, number + batch.num_rows)
-                number += batch.num_rows
-                if time.monotonic() - reported >= PROGRESS_EVERY_S:
-                    reported = time.monotonic()
-                    done = number - first_number
-                    print(f"emotion-batch: {done:,} texts scored ({done / (reported - began):,.0f}/s)", file=sys.stderr,
-                          flush=True)
-                empty = batch.column("label").is_null().to_numpy(zero_copy_only=False)
-                for line in numbers[empty]:
-                    print(f"warning: skipped the empty text at line {line}", file=sys.stderr)
-                skipped += int(empty.sum())
-                table = batch.filter(pa.array(~empty)).add_column(0, "line", pa.array(numbers[~empty], pa.int64()))
-                written += table.num_rows
-                if output.suffix == ".parquet":
-                    writer = writer or pq.ParquetWriter(handle, table.schema)
-                    writer.write_table(table)
-                else:
-                    handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n"
-                                         for record in table.to_pylist()).encode("utf-8"))
-            if writer is not None:
-                writer.close()
+    with atomic_file(output, binary=True) as handle:  # complete, flushed to disk, or not there at all
+        for batch in batches:
+            numbers = np.arange(number, number + batch.num_rows)
+            number += batch.num_rows
+            if time.monotonic() - reported >= PROGRESS_EVERY_S:
+                reported = time.monotonic()
+                done = number - first_number
+                print(f"emotion-batch: {done:,} texts scored ({done / (reported - began):,.0f}/s)", file=sys.stderr,
+                      flush=True)
+            empty = batch.column("label").is_null().to_numpy(zero_copy_only=False)
+            for line in numbers[empty]:
+                print(f"warning: skipped the empty text at line {line}", file=sys.stderr)
+            skipped += int(empty.sum())
+            table = batch.filter(pa.array(~empty)).add_column(0, "line", pa.array(numbers[~empty], pa.int64()))
+            written += table.num_rows
+            if output.suffix == ".parquet":
+                writer = writer or pq.ParquetWriter(handle, table.schema)
+                writer.write_table(table)
+            else:
+                handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n"
+                                     for record in table.to_pylist()).encode("utf-8"))
+        if writer is not None:
+            writer.close()
         if not written:
             raise UserError("no text to classify: the input is empty or holds only empty texts.")
-        os.replace(staging, output)
-    finally:
-        staging.unlink(missing_ok=True)
     return written, skipped
 
 

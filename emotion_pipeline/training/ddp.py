@@ -1,6 +1,6 @@
-"""The processes of one training run: how many and how they meet (the torchrun command, from params), what they
-share (a value decided by global rank 0), a check that every rank really holds the same weights, and a worker's
-tie to its launcher (emotion_pipeline.training.launch runs torchrun; it is not imported here, nor by the stage)."""
+"""The processes of one training run: what they share (a value decided by global rank 0), a check that every rank
+really holds the same weights, and a worker's tie to its launcher (emotion_pipeline.training.launch, which the stage
+execs: not imported here, nor by the stage)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,8 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from emotion_pipeline.config import ComputeConfig
-
 log = logging.getLogger(__name__)
 
-RDZV_ID = "emotion-train"
 # The launcher the train stage hands over to (exec, by module name: it is a program, like torchrun, not a dependency).
 LAUNCHER = "emotion_pipeline.training.launch"
 
@@ -55,26 +52,6 @@ class LogWeightsChecksum(TrainerCallback):
                  state.global_step, weights_checksum(model))
 
 
-def torchrun_args(cfg: ComputeConfig, module: str, *module_args: str) -> list[str] | None:
-    """torchrun's arguments to run ``python -m module`` on cfg's processes; None for a single process.
-
-    One machine uses --standalone: torchrun picks a free port itself, so queued experiments
-    running side by side never collide. Several machines meet at cfg.rdzv_endpoint (c10d
-    rendezvous, which needs no node ranks: the same command is run on every node) and wait there
-    cfg.rdzv_timeout_s for each other: join_timeout for all nodes to join, read_timeout for the
-    head's store to answer at all (torch's default, 60 s, would give up on a head that is slower
-    to start than that).
-    """
-    if cfg.nproc_per_node * cfg.nnodes == 1:
-        return None
-    args = ["--nproc-per-node", str(cfg.nproc_per_node)]
-    if cfg.nnodes == 1:
-        args += ["--standalone"]
-    else:
-        timeout = cfg.rdzv_timeout_s
-        args += ["--nnodes", str(cfg.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", cfg.rdzv_endpoint,
-                 "--rdzv-id", RDZV_ID, "--rdzv-conf", f"join_timeout={timeout},read_timeout={timeout}"]
-    return [*args, "-m", module, *module_args]
 
 
 def die_with_launcher() -> None:

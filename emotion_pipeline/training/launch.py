@@ -1,8 +1,8 @@
 """The launcher of a training run on several processes, GPUs or machines: torchrun, run by us.
 
 When params ask for more than one process, `python -m stages train` replaces itself (exec: the same process, the
-same parent) with `python -m emotion_pipeline.training.launch <torchrun args>`, built from params by
-emotion_pipeline.training.ddp.torchrun_args. This module runs torchrun in that process, which starts one copy of the
+same parent) with `python -m emotion_pipeline.training.launch <compute section> -m stages train`. This module
+builds torchrun's arguments from that section and runs torchrun in that process, which starts one copy of the
 train stage per process; the HF Trainer (through accelerate) then wraps the model in DistributedDataParallel, gives
 each process its share of every global batch and averages gradients (NCCL on GPUs; gloo on CPUs).
 
@@ -21,11 +21,13 @@ import sys
 import threading
 import time
 
+from emotion_pipeline.config import ComputeConfig
 from emotion_pipeline.errors import StageInterrupted, UserError, run_stage
 from emotion_pipeline.training.rendezvous import Rendezvous, watched_c10d_backend
 
 log = logging.getLogger(__name__)
 
+RDZV_ID = "emotion-train"
 REPORT_EVERY_S = 30  # while the nodes gather, how often the wait is reported
 PARENT_POLL_S = 0.5
 # Shells that may stand between dvc and this process: DVC runs a stage's cmd as `$SHELL -c cmd`
@@ -182,7 +184,34 @@ def _first_ended(processes: list) -> int | None:
 
 
 def main() -> None:
-    run_torchrun(sys.argv[1:])
+    """`python -m emotion_pipeline.training.launch <compute section as JSON> -m <module> [args]`, as the stage execs it."""
+    _, compute, _, module, *module_args = sys.argv
+    cfg = ComputeConfig.model_validate_json(compute)
+    launch = torchrun_args(cfg, module, *module_args)
+    log.info("launching %d processes: torchrun %s", cfg.nproc_per_node * cfg.nnodes, " ".join(launch))
+    run_torchrun(launch)
+
+
+def torchrun_args(cfg: ComputeConfig, module: str, *module_args: str) -> list[str] | None:
+    """torchrun's arguments to run ``python -m module`` on cfg's processes; None for a single process.
+
+    One machine uses --standalone: torchrun picks a free port itself, so queued experiments
+    running side by side never collide. Several machines meet at cfg.rdzv_endpoint (c10d
+    rendezvous, which needs no node ranks: the same command is run on every node) and wait there
+    cfg.rdzv_timeout_s for each other: join_timeout for all nodes to join, read_timeout for the
+    head's store to answer at all (torch's default, 60 s, would give up on a head that is slower
+    to start than that).
+    """
+    if cfg.nproc_per_node * cfg.nnodes == 1:
+        return None
+    args = ["--nproc-per-node", str(cfg.nproc_per_node)]
+    if cfg.nnodes == 1:
+        args += ["--standalone"]
+    else:
+        timeout = cfg.rdzv_timeout_s
+        args += ["--nnodes", str(cfg.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", cfg.rdzv_endpoint,
+                 "--rdzv-id", RDZV_ID, "--rdzv-conf", f"join_timeout={timeout},read_timeout={timeout}"]
+    return [*args, "-m", module, *module_args]
 
 
 if __name__ == "__main__":
