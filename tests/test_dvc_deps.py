@@ -80,8 +80,8 @@ def test_data_deps_are_exactly_what_the_stage_reads(name):
 
 def test_imports_inside_functions_count(tmp_path):
     module = tmp_path / "stage.py"
-    module.write_text("import os\n\ndef main():\n    from emotion_pipeline.evaluation.metrics import report_text\n")
-    assert {"emotion_pipeline.evaluation.metrics", "emotion_pipeline.evaluation.metrics.report_text"} <= imported_names(module)
+    module.write_text("import os\n\ndef main():\n    from emotion_pipeline.evaluation.reports import report_text\n")
+    assert {"emotion_pipeline.evaluation.reports", "emotion_pipeline.evaluation.reports.report_text"} <= imported_names(module)
 
 
 def test_the_training_launcher_is_a_program_the_stage_execs_not_a_dependency():

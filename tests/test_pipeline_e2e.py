@@ -79,7 +79,7 @@ def adapter_labels(project: Path, texts: list[str]) -> list[str]:
     code = (
         "import json, sys\nimport torch\n"
         "from emotion_pipeline.config import load_params\n"
-        "from emotion_pipeline.training.modeling import load_adapter_model\n"
+        "from emotion_pipeline.inference.adapter import load_adapter_model\n"
         "from emotion_pipeline.paths import ADAPTER_DIR\n"
         "from emotion_pipeline.predict import predict_proba\n"
         "model, tokenizer = load_adapter_model(load_params().model, ADAPTER_DIR, torch.device(\"cpu\"))\n"
