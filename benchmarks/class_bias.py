@@ -30,8 +30,8 @@ def main() -> None:
     from emotion_pipeline.data.prepared import read_prepared
     from emotion_pipeline.evaluation.scores import accuracy, macro_f1
     from emotion_pipeline.inference.adapter import load_adapter_model, merged
+    from emotion_pipeline.inference.predict import predict_proba
     from emotion_pipeline.paths import ADAPTER_DIR, PREPARED_DIR
-    from emotion_pipeline.predict import predict_proba
     from emotion_pipeline.training.class_bias import cross_checked_class_bias, fit_class_bias
 
     params = load_params()

@@ -175,7 +175,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from emotion_pipeline.dev.tiny import build_tiny_qwen3
-    from emotion_pipeline.predict import load_exported, predict_proba
+    from emotion_pipeline.inference.predict import load_exported, predict_proba
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")

@@ -104,7 +104,7 @@ def load_variant(name: str, base: str, adapter: Path | None, export: Path, texts
         def predict() -> list[str]:
             return [result["label"] for result in classify(texts)]
     else:
-        from emotion_pipeline.predict import load_exported, predict_proba
+        from emotion_pipeline.inference.predict import load_exported, predict_proba
 
         if name == INT8:
             model, tokenizer = load_exported(str(export.parent / "int8"), "cpu")
@@ -144,7 +144,7 @@ def useful_flops(export: Path, texts: list[str]) -> float:
     """FLOPs of predicting `texts` one by one without padding: the work any exact fp32 path must do,
     whatever its batching (counted from the exported model's shapes by forward_flops)."""
     from benchmarks.train_throughput import forward_flops
-    from emotion_pipeline.predict import load_exported
+    from emotion_pipeline.inference.predict import load_exported
 
     model, tokenizer = load_exported(str(export), "cpu")
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]

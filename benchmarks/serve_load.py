@@ -47,7 +47,7 @@ from benchmarks.predict_throughput import bench_models  # noqa: E402
 
 def offline_throughput(model_dir: str, texts: list[str], passes: int) -> float:
     """Runs in a process of its own: emotion-predict's predict path over all texts; texts/s of the median pass."""
-    from emotion_pipeline.predict import load_exported, predict_proba
+    from emotion_pipeline.inference.predict import load_exported, predict_proba
 
     model, tokenizer = load_exported(model_dir, "cpu")
     predict_proba(model, tokenizer, texts[:64], 64)  # warm-up

@@ -11,7 +11,7 @@ standard deviation, min and max over the runs, beside the runs' mean bootstrap h
 Which experiments: the names given (as `dvc exp show` lists them), or ``--like NAME``, NAME and
 every experiment with the same params except train.seed, or, with neither, every such group
 among the experiments that finished. Params that change no result (emotion_pipeline.config,
-NO_RESULT_EFFECT) do not split a group. Metrics come from `dvc.api.exp_show`; the intervals from
+NO_RESULT_EFFECT) do not split a group. Metrics come from `dvc exp show` (emotion_pipeline.experiments); the intervals from
 each run's metrics/test_details.json, read through DVC's API like emotion_pipeline.compare does.
 """
 
@@ -27,22 +27,17 @@ from emotion_pipeline.config import Params, changes_results
 from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.evaluation.reports import text_table
 from emotion_pipeline.evaluation.uncertainty import HEADLINE_SCORES
+from emotion_pipeline.experiments import experiment_rows, flat_values
 from emotion_pipeline.paths import TEST_DETAILS, TEST_METRICS
 
 SEED = "train.seed"
 
 
 def experiments() -> list[dict]:
-    """Every finished experiment's row of `dvc exp show` (params and metrics by column name)."""
-    import dvc.api
-    from dvc.exceptions import DvcException
-
-    try:
-        rows = dvc.api.exp_show()
-    except DvcException as exc:
-        raise UserError(f"cannot list the experiments: {first_line(exc)} (run this in the project folder).") from None
-    return [row for row in rows if row.get("Experiment") and row.get("State") in ("Success", None)
-            and row.get(f"{TEST_METRICS}:macro_f1") is not None]
+    """Every finished experiment with test scores: its name, revision, and params and metrics by column name."""
+    rows = [{"Experiment": name, "rev": row["rev"], **flat_values(row["data"])} for name, row in experiment_rows().items()
+            if row["state"] == "success"]
+    return [row for row in rows if row.get(f"{TEST_METRICS}:macro_f1") is not None]
 
 
 def recipe(row: dict) -> tuple:
@@ -77,8 +72,13 @@ def groups(rows: list[dict], names: list[str], like: str | None) -> list[list[di
 def half_widths(rev: str) -> dict[str, float]:
     """Half the width of each headline score's bootstrap interval in one run's test details."""
     import dvc.api
+    from dvc.exceptions import DvcException
 
-    details = json.loads(dvc.api.read(str(TEST_DETAILS), rev=rev))
+    try:
+        details = json.loads(dvc.api.read(str(TEST_DETAILS), rev=rev))
+    except (DvcException, OSError, ValueError) as exc:
+        raise UserError(f"cannot read {TEST_DETAILS} of experiment revision {rev[:7]} ({first_line(exc)}); if its cache is "
+                        f"gone (`dvc gc`), `dvc pull` brings it back, or `dvc exp apply` and `dvc repro` rebuild it.") from None
     intervals = details.get("intervals", {})
     return {score: (intervals[score][1] - intervals[score][0]) / 2 for score in HEADLINE_SCORES if score in intervals}
 

@@ -14,9 +14,10 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
-from emotion_pipeline.errors import UserError
+from emotion_pipeline.errors import UserError, catch_interrupts, exit_interrupted
 
 
 def predict() -> None:
@@ -35,12 +36,9 @@ def import_for_command(command: str, *modules: str) -> None:
     are the earlier ones again, and the command's own handling (run_command) applies."""
 
     def leave(signum, frame):
-        print(f"interrupted ({signal.Signals(signum).name}): {command} stopped while starting; nothing was written.",
-              file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(128 + signum)
+        exit_interrupted(signum, f"{command} stopped while starting; nothing was written")
 
-    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = catch_interrupts(leave)
     try:
         for module in modules:
             importlib.import_module(module)
@@ -50,14 +48,27 @@ def import_for_command(command: str, *modules: str) -> None:
 
 
 def run_command(body: Callable[[], object], interrupted: str = "nothing was written") -> None:
-    """Run a command-line tool's body (predict, compare, aggregate, tune, serve): a UserError ends it as a
-    stage's does, one `error: ...` paragraph on stderr and exit 2; Ctrl-C ends it with one line saying
-    what state it left (``interrupted``) and exit 130, never a traceback."""
+    """Run a command-line tool's body (predict, compare, aggregate, tune, batch, serve): a UserError ends it as a
+    stage's does, one `error: ...` paragraph on stderr and exit 2; Ctrl-C or SIGTERM raises KeyboardInterrupt in
+    the body (whose `finally` blocks clean up), then one line saying what state it left (``interrupted``) and
+    exit 128 + the signal number, never a traceback. A closed output pipe (`| head`) ends it quietly."""
+    received: list[int] = []
+
+    def interrupt(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    # Only the main thread may set handlers (a test may call a command's main() from another).
+    previous = catch_interrupts(interrupt) if threading.current_thread() is threading.main_thread() else {}
     try:
         body()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"interrupted (Ctrl-C): {interrupted}.", file=sys.stderr)
-        sys.exit(130)
+        exit_interrupted(received[0] if received else signal.SIGINT, interrupted)
+    except BrokenPipeError:  # the reader left (`| head`): end as a Unix tool does, without a word
+        os._exit(128 + signal.SIGPIPE)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

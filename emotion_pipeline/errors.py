@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix, and the entry wrappers of stages and commands that report it."""
+"""The one exception type for mistakes a user can fix, the one way a run ends on Ctrl-C or SIGTERM, and the stages'
+entry wrapper that reports both (commands have theirs in emotion_pipeline.commands)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,6 @@ class UserError(Exception):
     """Bad params, data or model path: reported as one paragraph, never as a traceback."""
 
 
-class StageInterrupted(Exception):
-    """A signal that a library caught before us (torchrun does), reported like one we caught."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
 def first_line(exc: BaseException, default: str | None = None) -> str:
     """The first line of an exception's message, for a one-paragraph error; ``default`` (else the
     exception's type name) when it has none. Library messages often run to many lines."""
@@ -32,8 +25,20 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+def catch_interrupts(handler) -> dict:
+    """Send Ctrl-C and SIGTERM (kill, Slurm, a queue being stopped) alike to ``handler``; returns the handlers it
+    replaced. Set for SIGINT even where it was ignored: a shell script's `cmd &` starts a job with SIGINT ignored."""
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
+def exit_interrupted(signum: int, left: str | None) -> None:
+    """One line on stderr saying what the interruption ``left`` (none if None), then exit 128 + signum at once (no
+    exit handler of a half-imported or half-run library prints after it)."""
+    if left:
+        print(f"interrupted ({signal.Signals(signum).name}): {left}.", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def run_stage(module: str, stage: str | None = None) -> None:
@@ -55,11 +60,10 @@ def run_stage(module: str, stage: str | None = None) -> None:
         if importing:
             # Nothing is written yet. Raising here could land inside a C++ callback of torch's import,
             # which cannot carry a Python exception and aborts the process: leave at once instead.
-            _exit_interrupted(stage, signum)
+            stage_interrupted(stage, signum)
         raise KeyboardInterrupt
 
-    # SIGTERM (kill, Slurm, a queue being stopped) ends the stage the same way as Ctrl-C.
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = catch_interrupts(interrupt)
     try:
         main = importlib.import_module(module).main
         importing = False
@@ -67,29 +71,22 @@ def run_stage(module: str, stage: str | None = None) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except StageInterrupted as exc:
-        _exit_interrupted(stage, exc.signum)
     except BaseException:
         # Libraries sometimes turn the KeyboardInterrupt into their own exception on the way up;
         # a signal received is what decides that this was an interruption, not a crash.
         if not received:
             raise
-        _exit_interrupted(stage, received[0])
+        stage_interrupted(stage, received[0])
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _exit_interrupted(stage: str, signum: int) -> None:
-    """One line, then exit 128 + signum at once: no exit handlers of half-imported or half-run libraries."""
+def stage_interrupted(stage: str, signum: int) -> None:
     # Under `dvc repro`, DVC itself removed the stage's cached outputs before starting it.
     kept = ("nothing half-written was put in place; the outputs of the last complete run are in the DVC cache "
             "(`dvc checkout` restores them)" if "DVC_STAGE" in os.environ else "earlier outputs are intact "
             "(nothing half-written was put in place)")
     # A process that torchrun started leaves the one line to the stage process that launched it.
-    if not under_torchrun():
-        print(f"interrupted ({signal.Signals(signum).name}): the {stage} stage stopped before finishing; {kept}. "
-              f"Run it again to finish.", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(128 + signum)
+    exit_interrupted(signum, None if under_torchrun() else f"the {stage} stage stopped before finishing; {kept}. "
+                                                           f"Run it again to finish")

@@ -23,7 +23,6 @@ each running this command in its own clone with `--push <remote>` (README, "Sear
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import yaml
 
 from emotion_pipeline.commands import run_command
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.search.experiments import dvc, experiment_rows
+from emotion_pipeline.experiments import dvc, experiment_rows
 from emotion_pipeline.search.report import summary, write_report
 from emotion_pipeline.search.space import TuneConfig, distributions, load_tune_config, override
 from emotion_pipeline.search.study import (
@@ -248,10 +247,7 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"{STUDY_DIR}/ is not git-ignored: DVC would copy the study's storage and trial files into every "
                         f"experiment. Add '/{STUDY_DIR}/' to .gitignore.")
     if not args.report:
-        # Ctrl-C or SIGTERM while waiting: stop this command's trials, then one line (run_command) and exit 130.
-        # Set for SIGINT too: a shell script's `cmd &` starts it with SIGINT ignored.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.default_int_handler)
+        # Ctrl-C or SIGTERM while waiting: this command's trials are stopped, then one line (run_command).
         run_study(config, storage_url, args.push)
     study = open_study(config, storage_url)
     out = write_report(study, config, storage_url)

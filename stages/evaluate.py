@@ -26,6 +26,7 @@ from emotion_pipeline.evaluation.reports import comparison_section, quality_repo
 from emotion_pipeline.evaluation.uncertainty import paired_comparison, paired_labels, score_intervals
 from emotion_pipeline.inference.adapter import load_adapter_model, merged
 from emotion_pipeline.inference.class_bias import carry_stored_bias
+from emotion_pipeline.inference.predict import predict_proba
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
@@ -38,7 +39,6 @@ from emotion_pipeline.paths import (
     TEST_METRICS,
     VS_BASELINE,
 )
-from emotion_pipeline.predict import predict_proba
 
 log = logging.getLogger("evaluate")
 

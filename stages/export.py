@@ -24,6 +24,7 @@ from emotion_pipeline.environment import check_kernel_dispatch, environment_reco
 from emotion_pipeline.evaluation.reports import environment_lines, format_interval, per_class_table
 from emotion_pipeline.inference.adapter import load_adapter_model, merged
 from emotion_pipeline.inference.class_bias import carry_stored_bias, config_bias, shift_probs
+from emotion_pipeline.inference.predict import load_exported, predict_proba
 from emotion_pipeline.io import atomic_dir, write_json
 from emotion_pipeline.paths import (
     ADAPTER_DIR,
@@ -35,7 +36,6 @@ from emotion_pipeline.paths import (
     TEST_DETAILS,
     TRAINING_PARAMS_FILE,
 )
-from emotion_pipeline.predict import load_exported, predict_proba
 from emotion_pipeline.sources import resolve_source
 
 log = logging.getLogger("export")

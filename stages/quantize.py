@@ -59,8 +59,8 @@ def main() -> None:
 
     from emotion_pipeline.evaluation.reports import verdict
     from emotion_pipeline.evaluation.uncertainty import paired_comparison, score_intervals
+    from emotion_pipeline.inference.predict import ONNX_FILE, load_exported, predict_proba
     from emotion_pipeline.int8 import build_int8
-    from emotion_pipeline.predict import ONNX_FILE, load_exported, predict_proba
 
     splits, labels = read_prepared(PREPARED_DIR)
     test = splits["test"]
@@ -121,7 +121,7 @@ On the same texts, paired (bootstrap interval of the difference, McNemar's exact
 {paired_verdict}.
 
 ```python
-from emotion_pipeline.predict import load_classifier
+from emotion_pipeline.inference.predict import load_classifier
 
 classify = load_classifier("{INT8_DIR}")
 print(classify(["i feel so happy today", "this noise scares me"]))

@@ -107,8 +107,8 @@ BREAKS = {
     "empty-text": (lambda d: replace_line(d / "test.txt", 5, b";joy\n"), ["test.txt, line 5: empty text"]),
     "non-utf8": (lambda d: replace_line(d / "validation.txt", 3, b"caf\xe9 au lait;joy\n"),
                  ["validation.txt, line 3: not valid UTF-8"]),
-    "csv-no-text-column": (lambda d: rewrite_as(d, "train", ".csv"), ["train.csv: missing column(s) text"]),
-    "jsonl-no-text-column": (lambda d: rewrite_as(d, "train", ".jsonl"), ["train.jsonl: missing column(s) text"]),
+    "csv-no-text-column": (lambda d: rewrite_as(d, "train", ".csv"), ["train.csv: no column 'text'"]),
+    "jsonl-no-text-column": (lambda d: rewrite_as(d, "train", ".jsonl"), ["train.jsonl: no column 'text'"]),
 }
 
 

@@ -234,7 +234,7 @@ def test_missing_source_folder_is_named(tmp_path):
 )
 def test_missing_text_column_is_named(tmp_path, name, content):
     message = load_error(make_folder(tmp_path, **{name.replace(".", "_"): content}))
-    assert f"{tmp_path / name}: missing column(s) text (it has: sentence, label)" in message
+    assert f"{tmp_path / name}: no column 'text' (it has: sentence, label)" in message
 
 
 def test_configured_columns_are_used(tmp_path):

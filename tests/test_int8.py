@@ -18,8 +18,8 @@ from conftest import LABELS, copy_project, run, run_stage, save_classifier, tiny
 from test_int8_rules import plain_reader_session
 from transformers import AutoTokenizer
 
+from emotion_pipeline.inference.predict import ONNX_FILE, OnnxClassifier, load_exported, predict_proba
 from emotion_pipeline.int8 import SESSION_CONFIG_ENTRIES, SESSION_OPTIONS_FILE, build_int8
-from emotion_pipeline.predict import ONNX_FILE, OnnxClassifier, load_exported, predict_proba
 
 pytestmark = pytest.mark.slow  # builds real int8 models: the rules alone are tests/test_int8_rules.py
 

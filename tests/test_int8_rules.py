@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from emotion_pipeline.inference.predict import ONNX_FILE, OnnxClassifier
 from emotion_pipeline.int8 import (
     SESSION_OPTIONS_FILE,
     drop_equal_qkv_hidden_sizes,
@@ -29,7 +30,6 @@ from emotion_pipeline.int8 import (
     split_skip_layer_norm,
     write_session_options,
 )
-from emotion_pipeline.predict import ONNX_FILE, OnnxClassifier
 
 RNG = np.random.default_rng(0)
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64

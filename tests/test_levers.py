@@ -139,7 +139,7 @@ def test_the_bias_travels_with_a_qwen3_export_and_every_predict_path_applies_it(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from emotion_pipeline.inference.class_bias import CONFIG_KEY, apply_class_bias, shift_probs
-    from emotion_pipeline.predict import predict_proba
+    from emotion_pipeline.inference.predict import predict_proba
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).eval()

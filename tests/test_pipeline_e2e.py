@@ -67,7 +67,7 @@ print(json.dumps([model.config.id2label[i] for i in logits.argmax(-1).tolist()])
 
 INT8_CHECK = """
 import json, sys
-from emotion_pipeline.predict import OnnxClassifier, load_classifier, load_exported
+from emotion_pipeline.inference.predict import OnnxClassifier, load_classifier, load_exported
 assert isinstance(load_exported("models/int8")[0], OnnxClassifier)
 classify = load_classifier("models/int8")
 print(json.dumps([result["label"] for result in classify(json.loads(sys.stdin.read()))]))
@@ -81,7 +81,7 @@ def adapter_labels(project: Path, texts: list[str]) -> list[str]:
         "from emotion_pipeline.config import load_params\n"
         "from emotion_pipeline.inference.adapter import load_adapter_model\n"
         "from emotion_pipeline.paths import ADAPTER_DIR\n"
-        "from emotion_pipeline.predict import predict_proba\n"
+        "from emotion_pipeline.inference.predict import predict_proba\n"
         "model, tokenizer = load_adapter_model(load_params().model, ADAPTER_DIR, torch.device(\"cpu\"))\n"
         "probs = predict_proba(model, tokenizer, json.loads(sys.stdin.read()))\n"
         "print(json.dumps([model.config.id2label[int(i)] for i in probs.argmax(1)]))\n"

@@ -130,3 +130,92 @@ def test_ctrl_c_while_the_console_script_starts_is_one_line_and_exit_130(exporte
     assert result.returncode == 130 and result.stdout == "", (result.returncode, result.stderr[-3000:])
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted (") and "Traceback" not in result.stderr, result.stderr
+
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("picture.png", PNG, "picture.png, line 1: not valid UTF-8"),
+    ("latin1.txt", "so happy\ncaf\u00e9 time\n".encode("latin-1"), "latin1.txt, line 2: not valid UTF-8"),
+    ("picture.csv", PNG, "picture.csv, line 1: not valid UTF-8"),
+    ("broken.jsonl", b'{"text": "so happy"}\n{"text": \n', "broken.jsonl, line 2: not a JSON object"),
+    ("picture.parquet", PNG, "picture.parquet: not a Parquet file"),
+])
+def test_undecodable_files_are_one_paragraph_naming_the_line(exported, capsys, tmp_path, name, content, needle):
+    path = tmp_path / name
+    path.write_bytes(content)
+    code, records, err = predict(capsys, exported, "--file", path)
+    assert code == 2 and records == [] and err.startswith("error: ") and needle in err and "Traceback" not in err, err
+
+
+def test_jsonl_rows_without_text_are_skipped_never_labelled(exported, capsys, tmp_path):
+    """A null or a missing key is no text: skipped with a warning naming its line, as an empty string is."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "so happy"}\n{"text": null}\n\n{"id": 4}\n{"text": 7}\n')
+    code, records, err = predict(capsys, exported, "--file", path)
+    assert code == 0 and [(r["line"], r["text"]) for r in records] == [(1, "so happy"), (5, "7")]
+    assert "skipped the empty text at line 2" in err and "skipped the empty text at line 4" in err
+
+
+def test_a_parquet_file_reads_its_column_as_emotion_batch_does(exported, capsys, tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "corpus.parquet"
+    pd.DataFrame({"id": [1, 2, 3], "body": ["i feel so happy today", None, "that noise scared me"]}).to_parquet(path)
+    code, records, err = predict(capsys, exported, "--file", path, "--column", "body")
+    assert code == 0 and [(r["line"], r["text"]) for r in records] == [(1, "i feel so happy today"), (3, "that noise scared me")]
+    assert "skipped the empty text at line 2" in err
+
+
+def test_undecodable_standard_input_is_one_paragraph(exported):
+    script = Path(sys.executable).with_name("emotion-predict")
+    result = subprocess.run([str(script), str(exported)], input=b"so happy\n" + PNG, capture_output=True,
+                            env=subprocess_env(), timeout=300)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "standard input, line 2: not valid UTF-8" in err and "Traceback" not in err, err
+    assert all(json.loads(line)["text"] == "so happy" for line in result.stdout.decode().splitlines())  # none cut off
+
+
+def test_records_stream_out_while_standard_input_is_still_open(exported):
+    """Output is written chunk by chunk: the first records arrive while the writer has not closed its end."""
+    from emotion_pipeline.predict import CHUNK
+
+    script = Path(sys.executable).with_name("emotion-predict")
+    process = subprocess.Popen([str(script), str(exported)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=subprocess_env())
+    try:
+        process.stdin.write(b"i feel so happy today\n" * CHUNK)
+        process.stdin.flush()
+        first = json.loads(process.stdout.readline())  # stdin is still open: only streaming can answer
+        assert first["line"] == 1 and first["text"] == "i feel so happy today"
+        process.stdin.close()
+        rest = process.stdout.read().splitlines()
+        assert process.wait(300) == 0 and len(rest) == CHUNK - 1
+    finally:
+        process.kill()
+
+
+def test_sigterm_is_one_line_and_exit_143_after_the_records_so_far(exported):
+    script = Path(sys.executable).with_name("emotion-predict")
+    process = subprocess.Popen([str(script), str(exported)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=subprocess_env())
+    from emotion_pipeline.predict import CHUNK
+
+    process.stdin.write(b"i feel so happy today\n" * CHUNK)
+    process.stdin.flush()
+    assert process.stdout.readline()  # the first chunk is out: it is waiting for more input
+    process.terminate()
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    lines = err.decode().strip().splitlines()
+    assert lines[-1] == "interrupted (SIGTERM): the records printed so far are complete." and b"Traceback" not in err
+    assert all(json.loads(line)["label"] in LABELS for line in out.splitlines())
+
+
+def test_a_closed_output_pipe_ends_it_quietly(exported):
+    """`emotion-predict ... | head -1`: no BrokenPipeError traceback."""
+    script = Path(sys.executable).with_name("emotion-predict")
+    result = subprocess.run(f"'{script}' '{exported}' | head -c 10", shell=True, capture_output=True,
+                            input=b"so happy\n" * 5000, env=subprocess_env(), timeout=300)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr and b"Error" not in result.stderr, result.stderr

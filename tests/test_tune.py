@@ -330,8 +330,8 @@ HUNG = None  # the command does not answer: subprocess.TimeoutExpired
 def test_exp_show_is_asked_again_while_it_fails_or_hangs(monkeypatch, failures, error, calls, read):
     """The race seen in CI: `dvc exp show` opens a running experiment's copy that its end has just removed, and
     fails or hangs. Each failure is tried again; only the last of 5 is the command's error."""
+    from emotion_pipeline import experiments as tune
     from emotion_pipeline.errors import UserError
-    from emotion_pipeline.search import experiments as tune
 
     asked = []
 

@@ -9,8 +9,6 @@ UserError naming the file and line, never a silently dropped row.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,10 @@ from emotion_pipeline.data.prepared import SPLITS
 from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.paths import RAW_DATA_DIR
 from emotion_pipeline.sources import not_local_either, resolve_source, warn_if_untracked
+from emotion_pipeline.text_input import FORMATS, check_utf8, json_objects, missing_columns, utf8_lines
 
 # Other names a split file goes by (Kaggle ships the validation split as val.txt).
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
-FORMATS = (".txt", ".csv", ".jsonl", ".parquet")
 
 
 def load_splits(cfg: DataConfig) -> dict[str, pd.DataFrame]:
@@ -106,27 +104,10 @@ def load_local_split(folder: Path, split: str, cfg: DataConfig) -> pd.DataFrame:
     return _finish(frame, cfg.labels, str(path), line_word)
 
 
-def _check_utf8(path: Path) -> None:
-    for _ in _utf8_lines(path):
-        pass
-
-
-def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered, decoded lines; a UTF-8 byte-order mark (Windows editors write one) is dropped, not kept as text."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise UserError(f"{path}, line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                                f"save the file as UTF-8.") from None
-
-
 def _read_semicolon_lines(path: Path) -> pd.DataFrame:
     """Parse 'text;label' lines, splitting on the last ';' (texts may contain ';')."""
     rows, numbers = [], []
-    for number, line in _utf8_lines(path):
-        line = line.rstrip("\r\n")
+    for number, line in utf8_lines(path):
         if not line.strip():
             continue
         if ";" not in line:
@@ -138,7 +119,7 @@ def _read_semicolon_lines(path: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    _check_utf8(path)
+    check_utf8(path)
     # Blank lines are kept while reading, so that row i is file line i + 2 (line 1 is the header).
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")
     frame.index = frame.index + 2
@@ -146,31 +127,15 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path, cfg: DataConfig) -> pd.DataFrame:
-    records, numbers = [], []
-    for number, line in _utf8_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            record, detail = None, exc.msg
-        else:
-            detail = f"a JSON {type(record).__name__}"
-        if not isinstance(record, dict):
-            raise UserError(f"{path}, line {number}: not a JSON object ({detail}); each line must be an object such as "
-                            f'{{"{cfg.text_column}": "...", "{cfg.label_column}": "joy"}}.')
-        records.append(record)
-        numbers.append(number)
-    return pd.DataFrame.from_records(records, index=numbers)
+    example = f'{{"{cfg.text_column}": "...", "{cfg.label_column}": "joy"}}'
+    rows = list(json_objects(path, example))
+    return pd.DataFrame.from_records([record for _, record in rows], index=[number for number, _ in rows])
 
 
 def _require_columns(columns: list[str], cfg: DataConfig, where: str) -> None:
     missing = [column for column in (cfg.text_column, cfg.label_column) if column not in columns]
     if missing:
-        raise UserError(
-            f"{where}: missing column(s) {', '.join(missing)} (it has: {', '.join(map(str, columns))}). "
-            f"Rename them or set data.text_column / data.label_column."
-        )
+        raise missing_columns(where, missing, columns, "rename them or set data.text_column / data.label_column")
 
 
 def _finish(frame: pd.DataFrame, labels: list[str], where: str, line_word: str = "line") -> pd.DataFrame:

@@ -22,7 +22,7 @@ Why these steps, measured on the offline-profile MiniLM (benchmarks/README.md):
   time, so no calibration data is needed; per-channel scales keep macro-F1 within the gate where
   per-tensor ones (and torch's own dynamic quantisation) lose ~0.01.
 
-The result runs with onnxruntime alone (``emotion_pipeline.predict.OnnxClassifier``, or a plain
+The result runs with onnxruntime alone (``emotion_pipeline.inference.predict.OnnxClassifier``, or a plain
 ``onnxruntime.InferenceSession`` given the session options in SESSION_OPTIONS_FILE: README, "int8 on
 the CPU"); config.json and the tokenizer are copied beside it, so labels and a stored class bias travel with it.
 """
@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from emotion_pipeline.inference.predict import ONNX_FILE, SESSION_OPTIONS_FILE
 from emotion_pipeline.int8 import rules
-from emotion_pipeline.predict import ONNX_FILE, SESSION_OPTIONS_FILE
 
 # Protobuf cannot hold a file over 2 GiB: larger models keep their weights in a side file.
 PROTOBUF_LIMIT = 2**31 - 2**26
@@ -51,7 +51,7 @@ PROTOBUF_LIMIT = 2**31 - 2**26
 # C/C++ AddSessionConfigEntry, C#, Java). ONNX Runtime's own way of carrying options inside the model
 # (metadata "ort_config" with ORT_LOAD_CONFIG_FROM_MODEL=1) takes thread counts, execution mode,
 # optimisation level and profiling only (onnxruntime 1.32: other keys are ignored), not disabled optimizers.
-# OnnxClassifier (emotion_pipeline.predict) reads this file; README ("int8 on the CPU") gives the plain recipe.
+# OnnxClassifier (emotion_pipeline.inference.predict) reads this file; README ("int8 on the CPU") gives the plain recipe.
 SESSION_CONFIG_ENTRIES = {
     # ONNX Runtime's SkipLayerNorm fusion would undo split_skip_layer_norm at load time (the fused op runs
     # ~3.5x slower here). Measured with onnxruntime 1.32: its fusion does not match the split graph (it

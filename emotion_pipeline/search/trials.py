@@ -13,10 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emotion_pipeline.errors import UserError, first_line
-from emotion_pipeline.search.experiments import dvc, experiment_name, failure_message, objective_value
+from emotion_pipeline.experiments import dvc, failure_message
 from emotion_pipeline.search.space import EPOCH_METRICS, TuneConfig, override, pruner_settings, sampler_for
 from emotion_pipeline.search.study import stored_trial, write_trial_file
 from emotion_pipeline.search.trial import PRUNED_AT_EPOCH
+
+
+def experiment_name(study: str, number: int) -> str:
+    return f"{study}-{number}"
+
+
+def objective_value(row: dict, config: TuneConfig) -> float | None:
+    metrics = row["data"].get("metrics") or {}
+    value = ((metrics.get(config.objective_file) or {}).get("data") or {}).get(config.objective_key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
 
 
 @dataclass

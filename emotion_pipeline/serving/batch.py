@@ -29,7 +29,6 @@ import argparse
 import io
 import json
 import logging
-import signal
 import sys
 import time
 import warnings
@@ -39,16 +38,18 @@ from pathlib import Path
 import numpy as np
 
 from emotion_pipeline.commands import run_command
+from emotion_pipeline.empty_texts import is_empty, no_text_at_all, skipped_empty
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.io import atomic_file
 from emotion_pipeline.serving.common import check_model, command_parser, require_ray, start_ray, stop_ray, worker_threads
+from emotion_pipeline.text_input import check_text_file
 
 try:
     from ray.data import Datasource
 except ImportError:  # the core install, without the serve extra: main() says what to install
     Datasource = object
 
-FORMATS = (".txt", ".csv", ".jsonl", ".parquet")
+TABLES = (".csv", ".jsonl", ".parquet")  # read by column (--column); any other file by line, as emotion-predict does
 PIECE_BYTES = 4 * 2**20  # a text file is read in ranges of about this size: ~40,000 tweets, one read task each
 ROWS_PER_BLOCK = 8192
 # Texts per call of an actor: predict_proba sorts each call's texts by length before cutting them into forward
@@ -69,25 +70,7 @@ PROGRESS_EVERY_S = 10  # a line on stderr this often: Ray Data's own progress ba
 
 def check_input(path: Path, column: str) -> int:
     """A readable input with the text column; returns the line number of its first text (emotion-predict's numbering)."""
-    if not path.is_file():
-        raise UserError(f"--input: '{path}' does not exist (looked for {path.absolute()}).")
-    if path.suffix not in FORMATS:
-        raise UserError(f"--input: '{path}' is a {path.suffix or 'suffix-less'} file; give one of {', '.join(FORMATS)} "
-                        f"(.txt: one text per line; the others with the text column named by --column).")
-    if path.suffix == ".txt":
-        return 1
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        columns = pq.read_schema(path).names
-    else:
-        import pandas as pd
-
-        columns = list(pd.read_csv(path, nrows=0).columns if path.suffix == ".csv" else
-                       pd.read_json(path, lines=True, nrows=1, dtype=False).columns)
-    if column not in columns:
-        raise UserError(f"{path}: no column '{column}' (it has: {', '.join(map(str, columns))}); "
-                        f"name the text column with --column.")
+    check_text_file(path, column, "--input")
     return 2 if path.suffix == ".csv" else 1  # a CSV's line 1 is its header
 
 
@@ -101,7 +84,7 @@ def read_texts(path: Path, column: str, num_cpus: float, piece_bytes: int | None
     import ray.data
 
     path = path.resolve()  # read tasks run in Ray's workers, whose working folder need not be this one's
-    if path.suffix == ".txt":
+    if path.suffix not in TABLES:
         return ray.data.read_datasource(TextLinesDatasource(path, piece_bytes), num_cpus=num_cpus, concurrency=READERS)
     if path.suffix == ".csv":
         from pyarrow import csv
@@ -199,7 +182,7 @@ class Scorer:
     """A Ray Data actor: the model, loaded once; each call scores one batch of texts (empty ones left unlabelled)."""
 
     def __init__(self, model_dir: str, threads: int, column: str, batch_size: int, top_k: int | None):
-        from emotion_pipeline.predict import class_names
+        from emotion_pipeline.inference.predict import class_names
         from emotion_pipeline.serving.common import load_in_worker
 
         self.model, self.tokenizer = load_in_worker(model_dir, threads)
@@ -210,11 +193,11 @@ class Scorer:
     def __call__(self, batch):
         import pyarrow as pa
 
-        from emotion_pipeline.predict import predict_proba, score_fields
+        from emotion_pipeline.inference.predict import predict_proba, score_fields
 
-        # A JSON or Parquet value may be a number or null: emotion-predict reads it as str(value), or "" for null.
+        # A JSON or Parquet value may be a number or null: emotion-predict reads it as str(value), null as no text.
         texts = ["" if value is None else str(value) for value in batch.column(self.column).to_pylist()]
-        kept = [i for i, text in enumerate(texts) if text.strip()]
+        kept = [i for i, text in enumerate(texts) if not is_empty(text)]
         probs = predict_proba(self.model, self.tokenizer, [texts[i] for i in kept], self.batch_size)
         rows = [{"text": text, "label": None, "score": None} for text in texts]
         for i, row in zip(kept, probs):
@@ -245,7 +228,7 @@ def write_records(batches: Iterator, output: Path, first_number: int) -> tuple[i
                       flush=True)
             empty = batch.column("label").is_null().to_numpy(zero_copy_only=False)
             for line in numbers[empty]:
-                print(f"warning: skipped the empty text at line {line}", file=sys.stderr)
+                print(skipped_empty("line", line), file=sys.stderr)
             skipped += int(empty.sum())
             table = batch.filter(pa.array(~empty)).add_column(0, "line", pa.array(numbers[~empty], pa.int64()))
             written += table.num_rows
@@ -258,7 +241,7 @@ def write_records(batches: Iterator, output: Path, first_number: int) -> tuple[i
         if writer is not None:
             writer.close()
         if not written:
-            raise UserError("no text to classify: the input is empty or holds only empty texts.")
+            raise no_text_at_all()
     return written, skipped
 
 
@@ -281,10 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--piece-bytes", type=int, default=PIECE_BYTES,
                         help=f"a .txt input is read in ranges of about this many bytes, one read task each (default: {PIECE_BYTES})")
     args = parser.parse_args(argv)
-    # Ctrl-C and SIGTERM end the command alike, even when started with SIGINT ignored (a background job): the
-    # staging file is removed and Ray stopped on the way out, then one line and exit 130.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.default_int_handler)
+    # On Ctrl-C or SIGTERM the staging file is removed and Ray stopped on the way out, then one line (run_command).
     run_command(lambda: run(args), interrupted=f"nothing was written to {args.output}")
 
 
@@ -323,7 +303,7 @@ def run(args: argparse.Namespace) -> None:
         model_dir = str(Path(args.model_dir).resolve()) if Path(args.model_dir).is_dir() else args.model_dir
         scored = read_texts(args.input, args.column, READ_CPUS, args.piece_bytes).map_batches(
             Scorer, fn_constructor_kwargs={"model_dir": model_dir, "threads": threads, "batch_size": args.batch_size,
-                                           "column": "text" if args.input.suffix == ".txt" else args.column, "top_k": args.top_k},
+                                           "column": args.column if args.input.suffix in TABLES else "text", "top_k": args.top_k},
             batch_size=TEXTS_PER_CALL, batch_format="pyarrow", compute=ActorPoolStrategy(size=args.actors), num_cpus=cpus)
         written, skipped = write_records(scored.iter_batches(batch_format="pyarrow", batch_size=None), args.output,
                                          first_number)

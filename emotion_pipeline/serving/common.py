@@ -13,9 +13,9 @@ import logging
 import os
 from pathlib import Path
 
-from emotion_pipeline.errors import UserError
+from emotion_pipeline.errors import UserError, first_line
 
-# emotion_pipeline.predict (and with it torch and transformers) is imported inside the functions that load a
+# emotion_pipeline.inference.predict (and with it torch and transformers) is imported inside the functions that load a
 # model: Ray Data's read tasks unpickle emotion_pipeline.serving.batch, and so this module, in worker processes that
 # only read text; importing torch there cost ~300 MiB a worker.
 
@@ -34,17 +34,40 @@ def command_parser(prog: str, usage: str, description: str, workers: str) -> arg
 
 
 def check_model(model_dir: str) -> list[str]:
-    """Load the model once in the driver, as emotion-predict does, so a bad folder is its one-paragraph
-    UserError before Ray starts (not a traceback from a remote constructor); return its class names."""
+    """The class names of an exported model, checked in the driver as emotion-predict checks it (so a bad folder is
+    its one-paragraph UserError before Ray starts, not a traceback from a remote constructor), but without its fp32
+    weights in memory (~2.4 GB for Qwen3-0.6B): the workers load those. The config, tokenizer and the weights'
+    safetensors headers are read; an int8 graph is loaded (a quarter of the size), since a broken one would
+    otherwise fail only inside a worker."""
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
-    from emotion_pipeline.predict import class_names, load_exported
+    from emotion_pipeline.inference.predict import ONNX_FILE, OnnxClassifier, class_names
+    from emotion_pipeline.sources import check_model_folder, resolve_source
 
-    transformers_logging.disable_progress_bar()  # a bar for loading a model the service then drops would mislead
-    model, _ = load_exported(model_dir, "cpu")
-    labels = class_names(model.config)
-    del model  # the workers load their own copy
-    return labels
+    transformers_logging.disable_progress_bar()
+    location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export")
+    try:
+        if isinstance(location, Path) and (location / ONNX_FILE).is_file():
+            check_model_folder(model_dir, location, "model folder")
+            return class_names(OnnxClassifier(location, threads=1).config)
+        config = AutoConfig.from_pretrained(str(location))
+        AutoTokenizer.from_pretrained(str(location))
+        if isinstance(location, Path):
+            from safetensors import safe_open
+
+            weights = sorted(location.glob("*.safetensors"))
+            if not weights:
+                raise OSError(f"no *.safetensors weights in {location}")
+            for path in weights:
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+    except (OSError, ValueError) as exc:
+        if isinstance(location, Path):
+            check_model_folder(model_dir, location, "model folder")
+        raise UserError(f"model folder: could not load '{model_dir}' ({first_line(exc)}). Give the folder written by the "
+                        f"export stage, e.g. models/export.") from None
+    return class_names(config)
 
 
 def load_in_worker(model_dir: str, threads: int):
@@ -55,20 +78,10 @@ def load_in_worker(model_dir: str, threads: int):
     """
     import torch
 
-    from emotion_pipeline.predict import ONNX_FILE, OnnxClassifier, load_exported
+    from emotion_pipeline.inference.predict import load_exported
 
     torch.set_num_threads(threads)
-    model, tokenizer = load_exported(model_dir, "cpu")
-    if isinstance(model, OnnxClassifier):
-        import onnxruntime as ort
-
-        # OnnxClassifier takes ONNX Runtime's default pool (one thread per core): build the session again with
-        # the same options (those the quantize stage wrote beside the graph) and this worker's share of the cores.
-        options = model.session.get_session_options()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        model.session = ort.InferenceSession(str(Path(model_dir) / ONNX_FILE), options, providers=["CPUExecutionProvider"])
-    return model, tokenizer
+    return load_exported(model_dir, "cpu", threads)
 
 
 def worker_threads(workers: int, cpus: float, threads: int | None) -> tuple[int, float]:

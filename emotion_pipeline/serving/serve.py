@@ -30,14 +30,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 from emotion_pipeline.commands import run_command
-from emotion_pipeline.errors import UserError
+from emotion_pipeline.empty_texts import empty_refusal
+from emotion_pipeline.errors import UserError, catch_interrupts, exit_interrupted
 from emotion_pipeline.serving.common import (
     check_model,
     command_parser,
@@ -103,8 +103,10 @@ def parse_request(body: bytes, limits: Limits, num_labels: int) -> tuple[list[st
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise BadRequest(f"texts[{i}]: a {_kind(text)}, not a string.")
-        if not text.strip():
-            raise BadRequest(f"texts[{i}]: empty (or only whitespace): there is nothing to classify; leave it out.")
+    refusal = empty_refusal(texts)  # the answers are matched to the texts by position
+    if refusal:
+        raise BadRequest(refusal)
+    for i, text in enumerate(texts):
         if len(text) > limits.max_chars:
             raise BadRequest(f"texts[{i}]: {len(text):,} characters, more than this service's --max-chars "
                              f"{limits.max_chars}; shorten it (the model reads only its first 128 tokens).", 413)
@@ -132,7 +134,7 @@ class EmotionClassifier:
                  batch_wait_timeout_s: float):
         from ray import serve
 
-        from emotion_pipeline.predict import class_names
+        from emotion_pipeline.inference.predict import class_names
         from emotion_pipeline.serving.common import load_in_worker
 
         self.model_dir, self.limits, self.batching, self.max_batch_size = model_dir, limits, batching, max_batch_size
@@ -170,7 +172,7 @@ class EmotionClassifier:
     async def classify(self, body: bytes):
         from starlette.responses import JSONResponse
 
-        from emotion_pipeline.predict import score_fields
+        from emotion_pipeline.inference.predict import score_fields
 
         texts, top_k = parse_request(body, self.limits, len(self.labels))
         if self.batching:
@@ -191,7 +193,7 @@ class EmotionClassifier:
 
     async def forward(self, texts: list[str], requests: int):
         """predict_proba on a worker thread, so the replica keeps taking requests (and forming the next batch) meanwhile."""
-        from emotion_pipeline.predict import predict_proba
+        from emotion_pipeline.inference.predict import predict_proba
 
         async with self.forward_lock:
             probs = await asyncio.to_thread(predict_proba, self.model, self.tokenizer, texts, 64)
@@ -259,8 +261,7 @@ def run(args: argparse.Namespace) -> None:
         raise KeyboardInterrupt
 
     def catch_signals() -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, interrupt)
+        catch_interrupts(interrupt)
 
     catch_signals()
     try:
@@ -333,12 +334,8 @@ def _stop_serving(timeout_s: float) -> bool:
 
 
 def _exit_interrupted(signum: int, drained: bool) -> None:
-    """One line, then exit 128 + signum at once (no library's exit handlers print after it)."""
     how = "requests in flight were answered" if drained else "without waiting for requests in flight"
-    print(f"interrupted ({signal.Signals(signum).name}): emotion-serve stopped, {how}.", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(128 + signum)
+    exit_interrupted(signum, f"emotion-serve stopped, {how}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import threading
 import time
 
 from emotion_pipeline.config import ComputeConfig
-from emotion_pipeline.errors import StageInterrupted, UserError, run_stage
+from emotion_pipeline.errors import UserError, run_stage, stage_interrupted
 from emotion_pipeline.training.rendezvous import Rendezvous, watched_c10d_backend
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def run_torchrun(args: list[str]) -> None:
     """Run torchrun with ``args`` in this process (it is torchrun's own entry point, `torch.distributed.run`).
 
     In this process rather than exec'd, so that its ends read like every stage's: Ctrl-C or
-    SIGTERM (which torchrun passes on to its workers) is StageInterrupted, one line and exit
+    SIGTERM (which torchrun passes on to its workers) ends it as it ends a stage, one line and exit
     128 + signal, not torchrun's traceback; a failed worker (its own error is printed above) or a
     rendezvous that did not gather is a UserError paragraph, exit 2. When the process that started
     this one ends (dvc killed, a closed terminal, a scheduler's kill), this one stops its workers
@@ -63,10 +63,11 @@ def run_torchrun(args: list[str]) -> None:
         parsed.rdzv_backend = watched_c10d_backend(meeting)
     watch = _Watch(meeting)
     watch.start()
+    interrupted = None
     try:
         run(parsed)
-    except SignalException as exc:
-        raise StageInterrupted(int(exc.sigval)) from None
+    except SignalException as exc:  # torchrun caught it first, and stopped its workers
+        interrupted = int(exc.sigval)
     except ChildFailedError as exc:
         failed = sorted(exc.failures.items())
         ranks = ", ".join(f"rank {rank} exit status {failure.exitcode}" for rank, failure in failed)
@@ -83,6 +84,8 @@ def run_torchrun(args: list[str]) -> None:
         raise UserError(meeting.unreachable(exc)) from None
     finally:
         watch.stop()
+    if interrupted is not None:
+        stage_interrupted("train", interrupted)
 
 
 class _Watch(threading.Thread):

@@ -1,5 +1,6 @@
-"""Trials as DVC sees them: the `dvc` commands the tune command runs, and the experiments `dvc exp show` lists, asked
-again while it races with a finishing experiment; a finished experiment's objective or its one-paragraph error."""
+"""Experiments as DVC sees them, for every command that lists them (tune, aggregate): the `dvc` commands run through
+this interpreter's DVC, the experiments `dvc exp show` lists (asked again while it races with a finishing
+experiment), and a failed experiment's one-paragraph error."""
 
 from __future__ import annotations
 
@@ -12,11 +13,6 @@ import time
 from pathlib import Path
 
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.search.space import TuneConfig
-
-
-def experiment_name(study: str, number: int) -> str:
-    return f"{study}-{number}"
 
 
 def dvc(*args: str, check: bool = True, timeout_s: float | None = None) -> subprocess.CompletedProcess:
@@ -75,10 +71,22 @@ def experiment_rows() -> dict[str, dict]:
     return rows
 
 
-def objective_value(row: dict, config: TuneConfig) -> float | None:
-    metrics = row["data"].get("metrics") or {}
-    value = ((metrics.get(config.objective_file) or {}).get("data") or {}).get(config.objective_key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+def flat_values(data: dict) -> dict:
+    """An experiment's params and metrics as `dvc exp show` names its columns: ``train.seed`` for params.yaml's keys,
+    ``FILE:key.sub`` for every other params file's and for metrics (e.g. ``metrics/test.json:macro_f1``)."""
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix and not prefix.endswith(":") else f"{prefix}{key}", inner)
+        else:
+            flat[prefix] = value
+
+    for kind in ("params", "metrics"):
+        for file, content in (data.get(kind) or {}).items():
+            walk("" if (kind, file) == ("params", "params.yaml") else f"{file}:", (content or {}).get("data") or {})
+    return flat
 
 
 def last_error(text: str) -> str:
