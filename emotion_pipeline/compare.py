@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from emotion_pipeline.commands import run_command
-from emotion_pipeline.config import MetricsConfig
+from emotion_pipeline.config import DataConfig, MetricsConfig
 from emotion_pipeline.errors import UserError, first_line
 from emotion_pipeline.evaluation.reports import environment_lines, format_interval, text_table, verdict, with_interval
 from emotion_pipeline.evaluation.uncertainty import COMPARED_SCORES, paired_comparison, paired_labels, score_intervals
-from emotion_pipeline.paths import BASELINE_PREDICTIONS, PREDICTIONS, TEST_DETAILS, TRAIN_RUN_INFO
+from emotion_pipeline.paths import BASELINE_PREDICTIONS, PARAMS_FILE, PREDICTIONS, TEST_DETAILS, TRAIN_RUN_INFO
 
 WORKSPACE = "workspace"
 DEFAULTS = MetricsConfig()
@@ -85,6 +85,26 @@ def resolve(name: str) -> tuple[str | None, str]:
                 "tag or commit) of this repository.") from None
 
 
+def class_labels(a: Side, b: Side) -> list[str]:
+    """The classes both sides were scored over, in id order: each revision's data.labels, as evaluate scored them.
+    A class neither predicted nor present still counts in macro-F1 (as 0), as it does in metrics/test.json."""
+    import dvc.api
+    import yaml
+
+    def labels(side: Side) -> list[str]:
+        try:
+            params = yaml.safe_load(dvc.api.read(str(PARAMS_FILE), rev=side.commit)) or {}
+        except Exception:  # noqa: BLE001  no params.yaml there: the defaults, as the stages would read them
+            params = {}
+        return (params.get("data") or {}).get("labels") or DataConfig().labels
+
+    first, second = labels(a), labels(b)
+    if first != second:
+        raise UserError(f"'{a.name}' and '{b.name}' classify into other classes (data.labels {first} and {second}): "
+                        f"their scores do not compare.")
+    return first
+
+
 def read_predictions(side: Side) -> pd.DataFrame:
     """A side's predictions table, read through DVC from the workspace or from that revision's cached outputs."""
     import dvc.api
@@ -94,6 +114,12 @@ def read_predictions(side: Side) -> pd.DataFrame:
     try:
         text = dvc.api.read(side.path, rev=side.commit)
     except PathMissingError:
+        if recorded_output(side):
+            raise UserError(
+                f"no predictions for '{side.name}': {side.describe()} is recorded in that revision's dvc.lock, but its "
+                "content is not in this DVC cache (`dvc gc` removes what no kept revision uses). `dvc pull` fetches it "
+                "from a remote that has it; else `dvc exp apply` that revision (or check it out) and `dvc repro` "
+                "rebuilds it.") from None
         raise UserError(
             f"no predictions for '{side.name}': {side.describe()} does not exist (neither a DVC output recorded in "
             f"that revision's dvc.lock nor a file in git), so the {stage} stage never ran there. Run it "
@@ -104,6 +130,19 @@ def read_predictions(side: Side) -> pd.DataFrame:
             f"DVC cache nor in the default remote ({first_line(exc)}). Fetch it with `dvc pull` (a commit) or "
             "`dvc exp pull <remote> <name>` (an experiment).") from None
     return pd.read_csv(io.StringIO(text), keep_default_na=False)
+
+
+def recorded_output(side: Side) -> bool:
+    """Whether the side's revision lists its predictions file among the outputs in its dvc.lock."""
+    import dvc.api
+    import yaml
+
+    try:
+        lock = yaml.safe_load(dvc.api.read("dvc.lock", rev=side.commit)) or {}
+    except Exception:  # noqa: BLE001  no dvc.lock there: nothing recorded
+        return False
+    return any(out.get("path") == side.path for stage in (lock.get("stages") or {}).values()
+               for out in stage.get("outs") or [])
 
 
 # Where each side's environment blocks are (emotion_pipeline.environment): the run that trained it, the one that scored it.
@@ -141,8 +180,9 @@ def environment_section(a: dict[str, dict | None], b: dict[str, dict | None]) ->
 def compare(a: Side, b: Side, resamples: int, confidence: float, seed: int) -> dict:
     """Both sides' scores with intervals, the paired comparison B − A, and the verdict, as one dict."""
     table_a, table_b = read_predictions(a), read_predictions(b)
-    y_true, pred_a, pred_b = paired_labels(table_a, table_b, f"'{a.name}' ({a.describe()})", f"'{b.name}' ({b.describe()})")
-    labels = sorted(set(table_a["actual"]) | set(table_a["predicted"]) | set(table_b["predicted"]))
+    labels = class_labels(a, b)
+    y_true, pred_a, pred_b = paired_labels(table_a, table_b, f"'{a.name}' ({a.describe()})", f"'{b.name}' ({b.describe()})",
+                                           labels)
     comparison = paired_comparison(y_true, pred_a, pred_b, len(labels), resamples, confidence, seed)
     own = {side: score_intervals(y_true, pred, labels, resamples, confidence, seed)
            for side, pred in (("a", pred_a), ("b", pred_b))}

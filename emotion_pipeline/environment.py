@@ -143,7 +143,3 @@ def environment_record(device=None, dtype=None) -> dict:
         record["dtype"] = str(dtype).removeprefix("torch.")
     record["versions"] = {name: package_version(name) for name in RESULT_PACKAGES}
     return record
-
-
-
-

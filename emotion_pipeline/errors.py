@@ -69,7 +69,10 @@ def run_stage(module: str, stage: str | None = None) -> None:
         importing = False
         main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Under `dvc repro` / `dvc exp run`, DVC removed the stage's cached outputs before starting it.
+        restore = " (DVC removed this stage's outputs before running it: `dvc checkout` restores the last complete " \
+                  "ones.)" if "DVC_STAGE" in os.environ else ""
+        print(f"error: {exc}{restore}", file=sys.stderr)
         sys.exit(2)
     except BaseException:
         # Libraries sometimes turn the KeyboardInterrupt into their own exception on the way up;

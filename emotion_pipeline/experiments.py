@@ -27,6 +27,19 @@ def dvc(*args: str, check: bool = True, timeout_s: float | None = None) -> subpr
     return result
 
 
+def check_dvc_version() -> None:
+    """tune reads DVC's executor files (.dvc/tmp/exps/run/*/*.run), which are not a public API: say so once when the
+    DVC installed is not the one the lock pins, with which that was written."""
+    import dvc
+
+    lock = Path(__file__).resolve().parents[1] / "requirements" / "runtime.txt"
+    pinned = re.search(r"^dvc==(\S+)", lock.read_text(encoding="utf-8"), re.M) if lock.is_file() else None
+    if pinned and pinned.group(1) != dvc.__version__:
+        print(f"warning: DVC {dvc.__version__} is installed, the lock pins {pinned.group(1)}: tune relies on DVC's "
+              f"experiment files, written against the pinned one. Install from the lock if trials are not noticed "
+              f"when they finish.", file=sys.stderr)
+
+
 # `dvc exp show` lists the running experiments, then opens each one's copy under .dvc/tmp/exps/. An experiment
 # that finishes in between has removed its copy, and the command fails in one of several ways, each seen in CI:
 # "directory '.../.dvc/tmp/exps/tmpXXXX/.dvc' does not exist", "_pygit2.NotFoundError: object not found", or no

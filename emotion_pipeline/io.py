@@ -1,18 +1,23 @@
-"""Writing outputs so that a crash or Ctrl-C leaves either the previous complete output or none.
+"""Writing outputs so that a crash, Ctrl-C or a power loss leaves either the previous complete output or the new one.
 
-Files are written beside their destination and moved into place with os.replace (atomic on
-POSIX); folders are built under a temporary name and swapped in only once complete. The
-temporary names start with '.' and end in '.tmp', which .dvcignore hides from DVC. Files and
-folders are created with the ordinary modes (0666 / 0777 less the umask), so a model written
-here can be read by another user on a shared server, as any other file would.
+Files are written beside their destination, flushed to disk and moved into place with os.replace
+(atomic on POSIX); folders are built under a temporary name, flushed, and swapped in only once
+complete, with Ctrl-C and SIGTERM held back for the two renames of the swap. What a kill -9 leaves
+(a staging name, an old copy swapped half-way out) is put right by the next write of the same path,
+before anything else: an old copy with nothing in its place is the last complete output and is moved
+back. The temporary names start with '.' and end in '.tmp' or '.old', which .dvcignore hides from
+DVC. Files and folders get the ordinary modes (0666 / 0777 less the umask), so a model written here
+can be read by another user on a shared server.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
 import shutil
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,23 +28,54 @@ def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
+def _recover(path: Path) -> Path:
+    """Put right what a kill left at ``path``; returns the name its old copy takes during a swap."""
+    retired = path.with_name(f".{path.name}.old")
+    if retired.exists() and not path.exists():
+        os.replace(retired, path)  # killed between the swap's two renames: the last complete output
+    shutil.rmtree(retired, ignore_errors=True)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # staging of a killed write
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    return retired
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block has run; they are delivered (and raise) right after it."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 @contextmanager
 def atomic_file(path: Path | str, binary: bool = False) -> Iterator[IO]:
     """A handle on a new file beside ``path``: when the block ends without error the file is flushed to disk and
     moved into place; on any error or interrupt it is removed and ``path`` stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _recover(path)
     staging = _temporary_name(path)
     try:
         with staging.open("xb") if binary else staging.open("x", encoding="utf-8") as handle:
             yield handle
             if not handle.closed:  # a writer given the handle (pyarrow's) may have closed it, flushed
                 handle.flush()
-                os.fsync(handle.fileno())
+        _fsync(staging)
         os.replace(staging, path)
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+    _fsync(path.parent)  # the rename itself, on disk
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -57,17 +93,22 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a fresh temporary folder; on success it replaces ``path``, on any error or interrupt it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    retired = _recover(path)
     staging = _temporary_name(path)
     try:
-        # Created inside the try: an interrupt right after mkdir must still remove it.
-        staging.mkdir()
+        staging.mkdir()  # inside the try: an interrupt right after mkdir must still remove it
         yield staging
+        for folder, _, files in os.walk(staging):  # every file's data on disk before the folder takes its name
+            for name in files:
+                _fsync(Path(folder, name))
+            _fsync(Path(folder))
+        with _signals_held():
+            if path.exists():
+                os.replace(path, retired)
+            os.replace(staging, path)
+            _fsync(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _recover(path)
         raise
-    retired = path.with_name(f".{path.name}.old")
-    shutil.rmtree(retired, ignore_errors=True)
-    if path.exists():
-        os.replace(path, retired)
-    os.replace(staging, path)
     shutil.rmtree(retired, ignore_errors=True)

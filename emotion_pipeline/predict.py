@@ -30,6 +30,7 @@ from emotion_pipeline.commands import run_command
 from emotion_pipeline.empty_texts import is_empty, no_text_at_all, skipped_empty
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.inference.predict import (  # noqa: F401 (the library's names, importable from here too)
+    MAX_LENGTH,
     OnnxClassifier,
     class_names,
     load_classifier,
@@ -70,6 +71,19 @@ def write_records(lines: Iterable[str]) -> None:
         data = line.encode("utf-8")
         while data:
             data = data[os.write(fd, data):]
+
+
+def warn_if_cut(tokenizer, numbered: list[tuple[int, str]], where: str, progress) -> None:
+    """Say so when the model will read only the start of a text (a 5,000-word text is cut to MAX_LENGTH tokens)."""
+    # A token is at least one byte, and at most two special tokens are added: shorter texts cannot be cut.
+    long = [(number, text) for number, text in numbered if len(text.encode("utf-8")) + 2 > MAX_LENGTH]
+    if not long:
+        return
+    counts = tokenizer([text for _, text in long], return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    for (number, _), ids in zip(long, counts):
+        if len(ids) > MAX_LENGTH:
+            progress.write(f"warning: the text at {where} {number} is {len(ids):,} tokens long; the model reads its "
+                           f"first {MAX_LENGTH}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,6 +130,7 @@ def run(args: argparse.Namespace) -> None:
                     progress.write(skipped_empty(where, number), file=sys.stderr)
                 else:
                     kept.append((number, text))
+            warn_if_cut(tokenizer, kept, where, progress)
             probs = predict_proba(model, tokenizer, [text for _, text in kept], args.batch_size)
             write_records(json.dumps({where: number, "text": text, **score_fields(labels, row, args.top_k)},
                                      ensure_ascii=False) + "\n" for (number, text), row in zip(kept, probs))

@@ -24,11 +24,11 @@ from emotion_pipeline.paths import EXPORT_DIR
 log = logging.getLogger(__name__)
 
 
-def resolve_source(value: str, key: str, expected: str) -> Path | str:
+def resolve_source(value: str, key: str, expected: str, base: str = "the project root") -> Path | str:
     """An existing local folder as an absolute Path, or a hub id as a str.
 
     ``key`` (e.g. 'model.name') and ``expected`` (what a valid value is) go into the error raised
-    when ``value`` can only be a path and nothing is there.
+    when ``value`` can only be a path and nothing is there; ``base``: where relative paths start.
     """
     tried = candidate_paths(value)
     for path in tried:
@@ -37,8 +37,8 @@ def resolve_source(value: str, key: str, expected: str) -> Path | str:
     if _can_only_be_a_path(value):
         looked = " nor ".join(str(path) for path in tried)
         raise UserError(
-            f"{key}: folder '{value}' does not exist (looked for {looked}; relative paths are taken from the "
-            f"project root{', and a DVC experiment copy looks in the copy first' if len(tried) > 1 else ''}). "
+            f"{key}: folder '{value}' does not exist (looked for {looked}; relative paths are taken from "
+            f"{base}{', and a DVC experiment copy looks in the copy first' if len(tried) > 1 else ''}). "
             f"Give {expected}."
         )
     return value
@@ -78,9 +78,9 @@ def check_model_folder(name: str, folder: Path, key: str) -> None:
     if (folder / "adapter_config.json").is_file():
         base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "not recorded"
         raise UserError(
-            f"{key}: '{name}' holds a LoRA adapter (adapter_config.json), not a full model, so it cannot be the base "
-            f"to train from. Give its base model (the adapter names '{base}'), or a merged export such as "
-            f"{EXPORT_DIR}, which holds the full weights."
+            f"{key}: '{name}' holds a LoRA adapter (adapter_config.json), not a full model. To train, give its base "
+            f"model (the adapter names '{base}'); to predict, give the merged export ({EXPORT_DIR}), which holds the "
+            f"full weights."
         )
     what = "a file, not a folder" if folder.is_file() else "no config.json in it"
     raise UserError(

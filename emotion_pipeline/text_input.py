@@ -97,8 +97,15 @@ def table_columns(path: Path) -> list[str]:
 def check_text_file(path: Path, column: str, option: str) -> None:
     """A file that ``numbered_texts`` can read: it exists and, unless read by line, has ``column``; read by line,
     it is UTF-8 throughout. ``option`` is the command's option that named the file (--file, --input)."""
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"{option}: '{path}' is a folder; give a file (one text per line, or a .csv, .jsonl or .parquet "
+                        f"file with --column).")
+    if not path.exists():
         raise UserError(f"{option}: '{path}' does not exist (looked for {path.absolute()}).")
+    if not path.is_file():  # a pipe (`--file <(zcat texts.gz)`), a device: read once, line by line, as it comes
+        if path.suffix in (".csv", ".jsonl", ".parquet"):
+            raise UserError(f"{option}: '{path}' is not a regular file; a .csv, .jsonl or .parquet file must be one.")
+        return
     if path.suffix in (".csv", ".jsonl", ".parquet"):
         columns = table_columns(path)
         if column not in columns:

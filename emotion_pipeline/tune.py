@@ -32,7 +32,7 @@ import yaml
 
 from emotion_pipeline.commands import run_command
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.experiments import dvc, experiment_rows
+from emotion_pipeline.experiments import check_dvc_version, dvc, experiment_rows
 from emotion_pipeline.search.report import summary, write_report
 from emotion_pipeline.search.space import TuneConfig, distributions, load_tune_config, override
 from emotion_pipeline.search.study import (
@@ -47,9 +47,11 @@ from emotion_pipeline.search.study import (
 )
 from emotion_pipeline.search.trial import TRIALS_DIR
 from emotion_pipeline.search.trials import (
+    LEASE_RENEW_S,
     TrialNotRun,
     ask,
     queue_trial,
+    renew,
     run_fingerprint,
     settle,
     stop_trials,
@@ -60,65 +62,7 @@ from emotion_pipeline.search.trials import (
 # --------------------------------------------------------------------------- the search space
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- trials as DVC experiments
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def run_study(config: TuneConfig, storage_url: str, push: str | None) -> None:
@@ -126,13 +70,14 @@ def run_study(config: TuneConfig, storage_url: str, push: str | None) -> None:
     from optuna.trial import TrialState
 
     project = Path.cwd()
+    check_dvc_version()
     study = open_study(config, storage_url)
     space = distributions(config)
     running = {run.experiment: run for run in take_over(study, config, experiment_rows())}
     failed = 0
     # Several commands on one SQLite study (on this machine) ask in turn, so they stop at exactly `trials`.
     ask_lock = FileLock(str(project / STUDY_DIR / f".{config.study}.ask.lock"))
-    fingerprint, last_look, last_start = None, 0.0, 0.0
+    fingerprint, last_look, last_start, last_renewal = None, 0.0, 0.0, time.monotonic()
     print(f"study '{config.study}' ({storage_url}): {finished_count(study)} of {config.trials} trials finished; "
           f"{config.jobs} at a time", file=sys.stderr)
     try:
@@ -167,6 +112,9 @@ def run_study(config: TuneConfig, storage_url: str, push: str | None) -> None:
                 dvc("queue", "start", "--jobs", str(config.jobs))
                 last_start = time.monotonic()
             time.sleep(1)
+            if time.monotonic() - last_renewal > LEASE_RENEW_S:
+                renew(running)
+                last_renewal = time.monotonic()
             now_print = run_fingerprint(project)
             if now_print == fingerprint and time.monotonic() - last_look < 10:
                 continue
@@ -193,21 +141,7 @@ def run_study(config: TuneConfig, storage_url: str, push: str | None) -> None:
         raise
 
 
-
-
-
-
 # --------------------------------------------------------------------------- results
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------- the command

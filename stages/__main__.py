@@ -16,7 +16,9 @@ TORCH_STAGES = ("train", "evaluate", "export", "quantize")
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in STAGES:
-        sys.exit(f"usage: python -m stages {{{','.join(STAGES)}}}")
+        given = f"unknown stage '{sys.argv[1]}'; " if len(sys.argv) == 2 else ""
+        print(f"error: {given}usage: python -m stages {{{','.join(STAGES)}}}", file=sys.stderr)
+        sys.exit(2)  # a usage error, as argparse exits
     if sys.argv[1] in TORCH_STAGES:
         pin_kernel_dispatch(portable_requested())
     if sys.argv[1] == "train":  # one training process = one GPU, the one compute.device names

@@ -42,5 +42,3 @@ def main() -> None:
     for split, frame in splits.items():
         log.info("%s: %d rows", split, len(frame))
     write_json(DATA_REPORT, report)
-
-

@@ -58,21 +58,26 @@ def main() -> None:
     import pandas as pd
 
     from emotion_pipeline.evaluation.reports import verdict
-    from emotion_pipeline.evaluation.uncertainty import paired_comparison, score_intervals
+    from emotion_pipeline.evaluation.uncertainty import paired_comparison, paired_labels, score_intervals
     from emotion_pipeline.inference.predict import ONNX_FILE, load_exported, predict_proba
     from emotion_pipeline.int8 import build_int8
 
     splits, labels = read_prepared(PREPARED_DIR)
     test = splits["test"]
     fp32 = json.loads(TEST_DETAILS.read_text())
-    fp32_labels = pd.read_csv(PREDICTIONS, keep_default_na=False)["predicted"].map(labels.index).to_numpy()
+    fp32_table = pd.read_csv(PREDICTIONS, keep_default_na=False)
 
     with atomic_dir(INT8_DIR) as staging:
         fusions = build_int8(EXPORT_DIR, staging)
         log.info("ONNX Runtime fusions: %s", ", ".join(f"{name} x{count}" for name, count in fusions.items()) or "none")
         model, tokenizer = load_exported(str(staging))
         probs = predict_proba(model, tokenizer, test["text"].tolist(), cfg.batch_size, params.model.max_length)
-        scores = classification_metrics(test["label"].to_numpy(), probs, labels, params.metrics.calibration_bins)
+        # Paired text by text with evaluate's predictions, refusing another test set or another order.
+        int8_table = pd.DataFrame({"text": test["text"], "actual": [labels[i] for i in test["label"]],
+                                   "predicted": [labels[i] for i in probs.argmax(axis=1)]})
+        y_true, fp32_labels, int8_labels = paired_labels(fp32_table, int8_table, f"{PREDICTIONS} (evaluate's)",
+                                                         "the test split in data/prepared", labels)
+        scores = classification_metrics(y_true, probs, labels, params.metrics.calibration_bins)
         drop = round(fp32["macro_f1"] - scores["macro_f1"], 6)
         agreement = round(float((probs.argmax(axis=1) == fp32_labels).mean()), 6)
         if drop > cfg.max_f1_drop:
@@ -81,7 +86,7 @@ def main() -> None:
                 f"{fp32['macro_f1']:.4f} (allowed: quantize.max_f1_drop = {cfg.max_f1_drop:g}; labels agree on "
                 f"{agreement:.1%} of the test texts). {INT8_DIR} was left as it was. Serve the fp32 export, raise "
                 f"quantize.max_f1_drop, or set quantize.enabled: false.")
-        y_true, int8_labels, scoring = test["label"].to_numpy(), probs.argmax(axis=1), params.metrics
+        scoring = params.metrics
         intervals = score_intervals(y_true, int8_labels, labels, scoring.bootstrap_resamples, scoring.confidence,
                                     scoring.bootstrap_seed)
         versus_fp32 = paired_comparison(y_true, fp32_labels, int8_labels, len(labels), scoring.bootstrap_resamples,

@@ -120,12 +120,6 @@ def main() -> None:
         finish(CHECKPOINT_DIR, inputs)  # the adapter is safe; checkpoints only served crash recovery
 
 
-
-
-
-
-
-
 def become_launcher(section: ComputeConfig) -> None:
     """Replace this process by the launcher (emotion_pipeline.training.launch), handing it the compute section."""
     sys.stdout.flush(), sys.stderr.flush()
@@ -200,9 +194,3 @@ def write_outputs(trainer: Trainer, tokenizer, labels: list[str], train_params: 
     write_json(TRAIN_DETAILS, summary)
     write_json(TRAIN_RUN_INFO, run_info)
     log.info("best validation macro-F1 %.4f at epoch %s; adapter saved to %s", best["eval_macro_f1"], best["epoch"], ADAPTER_DIR)
-
-
-
-
-
-

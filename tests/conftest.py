@@ -44,9 +44,9 @@ SPLIT_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "te
 # its workers in collection order (--dist loadfile --no-loadscope-reorder), so starting with the long ones keeps
 # the workers finishing together instead of one of them running a 6-minute file alone at the end. The first two
 # start at once: test_pipeline_e2e builds the shared finished project, test_team_workflow does not need it.
-LONGEST_FIRST = ["test_pipeline_e2e", "test_team_workflow", "test_tune", "test_reliability", "test_distributed",
-                 "test_compare", "test_rendezvous", "test_int8", "test_levers", "test_learning", "test_batch_ray",
-                 "test_serve"]
+LONGEST_FIRST = ["test_pipeline_e2e", "test_team_workflow", "test_tune", "test_crash", "test_reliability",
+                 "test_distributed", "test_compare", "test_rendezvous", "test_int8", "test_levers", "test_learning",
+                 "test_audit", "test_batch_ray", "test_serve"]
 
 
 def pytest_collection_modifyitems(config, items):

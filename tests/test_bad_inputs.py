@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BAD_PARAMS, SPLIT_FILES, copy_project, run_stage, save_classifier, set_params, tiny_params, workdir
+from conftest import (
+    BAD_PARAMS,
+    SPLIT_FILES,
+    copy_project,
+    run_stage,
+    save_classifier,
+    set_params,
+    subprocess_env,
+    tiny_params,
+    workdir,
+)
 
 from emotion_pipeline import errors
 
@@ -218,3 +230,30 @@ def test_bad_model_stops_the_real_train_process(tmp_path, small_data, tiny_model
     assert_user_error(result, "model.name", f"looked for {project.resolve() / 'models/export'}")
     assert "hf download" not in result.stderr
     assert not (project / "models" / "adapter").exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["trian"], ["train", "evaluate"]])
+def test_python_m_stages_without_a_stage_is_a_usage_error_exit_2(argv, tmp_path):
+    """As argparse does: exit 2 and one line naming the stages (and the misspelt one)."""
+    result = subprocess.run([sys.executable, "-m", "stages", *argv], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "prepare,train,evaluate" in result.stderr
+    assert ("unknown stage 'trian'" in result.stderr) == (argv == ["trian"])
+
+
+@pytest.mark.parametrize("under_dvc", [False, True])
+def test_a_stage_error_under_dvc_says_how_to_get_the_outputs_back(tmp_path, monkeypatch, capsys, under_dvc):
+    """DVC removes a stage's outputs before it runs the command: under `dvc repro` / `dvc exp run` the paragraph
+    says so and names `dvc checkout`; run alone, the outputs are still there and it says nothing of the kind."""
+    (tmp_path / "failing_stage.py").write_text("from emotion_pipeline.errors import UserError\n\n\n"
+                                               "def main():\n    raise UserError(\"train.lr: -1 is not > 0.\")\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    if under_dvc:
+        monkeypatch.setenv("DVC_STAGE", "train")
+    else:
+        monkeypatch.delenv("DVC_STAGE", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        errors.run_stage("failing_stage")
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("error: train.lr: -1 is not > 0.") and err.count("\n") == 1
+    assert ("`dvc checkout` restores the last complete ones" in err) == under_dvc

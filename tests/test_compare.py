@@ -193,3 +193,53 @@ def test_compare_refuses_what_it_cannot_compare_with_one_paragraph(swept):
         predictions.write_bytes(original)
     assert "predictions over different test sets" in pears and "the first at row 1" in pears
     assert "same texts, in the same order" in pears
+
+
+def test_macro_f1_counts_every_class_of_data_labels_as_evaluate_does(tmp_path, monkeypatch):
+    """A test split and predictions that cover 3 of the 6 classes: compare's macro-F1 is metrics/test.json's (a class
+    neither present nor predicted counts as F1 0), not an average over the classes it happens to see."""
+    import pandas as pd
+    from sklearn.metrics import f1_score
+
+    from emotion_pipeline.config import DataConfig
+
+    labels = DataConfig().labels
+    actual = ["sadness", "joy", "joy", "anger", "sadness", "joy"]
+    predicted = ["sadness", "joy", "sadness", "anger", "sadness", "anger"]
+    table = pd.DataFrame({"text": [f"text {i}" for i in range(6)], "actual": actual, "predicted": predicted})
+    monkeypatch.chdir(tmp_path)  # no DVC project here: each side's data.labels are the defaults, as the stages read them
+    monkeypatch.setattr(compare_module, "read_predictions", lambda side: table)
+    monkeypatch.setattr(compare_module, "read_environments", lambda side: {})
+    side = compare_module.Side("workspace", None, "workspace", "metrics/predictions.csv")
+    result = compare_module.compare(side, side, 200, 0.95, 0)
+    expected = f1_score([labels.index(x) for x in actual], [labels.index(x) for x in predicted], labels=range(6),
+                        average="macro", zero_division=0)
+    seen_only = f1_score(actual, predicted, average="macro", zero_division=0)  # the old, wrong way
+    assert result["macro_f1"]["a"] == pytest.approx(expected, abs=1e-6) != pytest.approx(seen_only, abs=1e-3)
+    assert result["intervals"]["a"]["macro_f1"][0] <= expected <= result["intervals"]["a"]["macro_f1"][1]
+
+
+def test_predictions_recorded_but_gone_from_the_cache_say_so(monkeypatch):
+    """After `dvc gc`, a revision's dvc.lock still records its predictions: the message says the cache lost them
+    and how to get them back, not that evaluate never ran there."""
+    import dvc.api
+    import yaml
+    from dvc.exceptions import PathMissingError
+
+    lock = yaml.safe_dump({"stages": {"evaluate": {"outs": [{"path": "metrics/predictions.csv", "md5": "0" * 32}]}}})
+
+    def read(path, rev=None, **kwargs):
+        if path == "dvc.lock":
+            return lock
+        raise PathMissingError(path, "the repository")
+
+    monkeypatch.setattr(dvc.api, "read", read)
+    side = compare_module.Side("exp-older", "a" * 40, "experiment", "metrics/predictions.csv")
+    with pytest.raises(UserError) as refused:
+        compare_module.read_predictions(side)
+    message = str(refused.value)
+    assert "recorded in that revision's dvc.lock" in message and "dvc pull" in message and "never ran" not in message
+    monkeypatch.setattr(dvc.api, "read", lambda path, rev=None, **kwargs: (_ for _ in ()).throw(
+        PathMissingError(path, "the repository")))
+    with pytest.raises(UserError, match="never ran there"):
+        compare_module.read_predictions(side)

@@ -219,8 +219,8 @@ def test_the_stage_refuses_an_int8_model_that_loses_too_much(tmp_path, small_dat
     test = pd.read_parquet(project / "data/prepared/test.parquet")
     (project / "metrics").mkdir(exist_ok=True)
     (project / "metrics/test_details.json").write_text(json.dumps({"accuracy": 1.0, "macro_f1": 1.0}))
-    pd.DataFrame({"text": test["text"], "predicted": [LABELS[i] for i in test["label"]]}).to_csv(
-        project / "metrics/predictions.csv", index=False)
+    pd.DataFrame({"text": test["text"], "actual": [LABELS[i] for i in test["label"]],
+                  "predicted": [LABELS[i] for i in test["label"]]}).to_csv(project / "metrics/predictions.csv", index=False)
     previous = project / "models/int8"
     previous.mkdir()
     (previous / "model.onnx").write_bytes(b"the previous int8 model")
@@ -232,3 +232,23 @@ def test_the_stage_refuses_an_int8_model_that_loses_too_much(tmp_path, small_dat
     assert "quantize.max_f1_drop = 0.005" in message and "Traceback" not in result.stderr
     assert (previous / "model.onnx").read_bytes() == b"the previous int8 model"
     assert [p.name for p in previous.parent.iterdir() if "int8" in p.name] == ["int8"]  # no staging folder left
+
+
+def test_the_stage_refuses_fp32_predictions_of_other_texts_or_order(tmp_path, small_data, tiny_model):
+    """int8 and fp32 labels are paired text by text: evaluate's predictions in another order (a stale file, another
+    test split) are one paragraph naming the first difference, never a silent pairing by position."""
+    project = copy_project(tmp_path / "project", tiny_params(small_data, tiny_model))
+    run(["dvc", "repro", "prepare"], project)
+    save_classifier(tiny_model, project / "models/export")
+    test = pd.read_parquet(project / "data/prepared/test.parquet")
+    (project / "metrics").mkdir(exist_ok=True)
+    (project / "metrics/test_details.json").write_text(json.dumps({"accuracy": 0.2, "macro_f1": 0.0}))
+    table = pd.DataFrame({"text": test["text"], "actual": [LABELS[i] for i in test["label"]],
+                          "predicted": [LABELS[i] for i in test["label"]]})
+    table.iloc[::-1].to_csv(project / "metrics/predictions.csv", index=False)
+
+    result = run_stage(project, "quantize")
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert "metrics/predictions.csv (evaluate's)" in message and "different test sets" in message, message
+    assert not (project / "models/int8").exists()

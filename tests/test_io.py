@@ -66,3 +66,74 @@ def test_an_atomic_file_is_complete_or_absent(tmp_path):
         handle.write(b"new\n")
         handle.close()  # a writer handed the handle (pyarrow's) may close it itself
     assert target.read_bytes() == b"new\n" and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def _killed_between_the_swaps_renames(target, content: str) -> None:
+    """In a child process: atomic_dir(target) with new content, SIGKILLed after the old folder is moved aside and
+    before the new one takes its name (the moment a kill can hit between the swap's two renames)."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery, leave with os._exit or the kill
+        try:
+            real_replace, calls = os.replace, []
+
+            def replace(source, destination):
+                calls.append(destination)
+                if len(calls) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real_replace(source, destination)
+
+            os.replace = replace
+            with atomic_dir(target) as staging:
+                (staging / "version").write_text(content)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def test_a_kill_between_the_swaps_renames_loses_nothing(tmp_path):
+    """kill -9 between the two renames leaves the old output swapped out; the next write of that path puts it back
+    before it does anything else, even when that write fails too."""
+    target = tmp_path / "export"
+    with atomic_dir(target) as staging:
+        (staging / "version").write_text("v1")
+    _killed_between_the_swaps_renames(target, "v2")
+    assert not target.exists()  # the moment the kill left: the complete old output under its swapped-out name
+    with pytest.raises(RuntimeError), atomic_dir(target) as staging:
+        raise RuntimeError("the next run fails as well")
+    assert (target / "version").read_text() == "v1"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]  # no staging, no old copy
+
+
+def test_a_signal_during_the_swap_waits_until_the_output_is_in_place(tmp_path):
+    """Ctrl-C or SIGTERM while the folders are swapped is held until both renames are done, then raised."""
+    import signal
+
+    target = tmp_path / "export"
+    with atomic_dir(target) as staging:
+        (staging / "version").write_text("v1")
+    real_replace = os.replace
+
+    def replace_and_interrupt(source, destination):
+        real_replace(source, destination)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives between the two renames
+
+    with pytest.raises(KeyboardInterrupt):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "replace", replace_and_interrupt)
+            with atomic_dir(target) as staging:
+                (staging / "version").write_text("v2")
+    assert (target / "version").read_text() == "v2"
+    with atomic_dir(target) as staging:  # the next write clears what the interrupted one could not
+        (staging / "version").write_text("v3")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_killed_file_write_leaves_no_temporary_after_the_next_one(tmp_path):
+    target = tmp_path / "metrics.json"
+    leftover = tmp_path / ".metrics.json.0badc0de.tmp"  # what a kill -9 mid-write leaves
+    leftover.write_text('{"half": ')
+    write_json(target, {"complete": True})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json"]

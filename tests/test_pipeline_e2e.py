@@ -207,4 +207,3 @@ def test_experiment_workflow_after_the_first_run(finished_project: Path, tmp_pat
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
     assert {"metrics/train_log/plots/metrics/train/loss.tsv", "metrics/train_log/plots/metrics/eval/macro_f1.tsv",
             "Test confusion matrix"} <= set(plots)
-

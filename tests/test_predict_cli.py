@@ -219,3 +219,18 @@ def test_a_closed_output_pipe_ends_it_quietly(exported):
     result = subprocess.run(f"'{script}' '{exported}' | head -c 10", shell=True, capture_output=True,
                             input=b"so happy\n" * 5000, env=subprocess_env(), timeout=300)
     assert result.returncode == 0 and b"Traceback" not in result.stderr and b"Error" not in result.stderr, result.stderr
+
+
+def test_a_text_longer_than_the_model_reads_is_labelled_with_a_warning(exported, capsys):
+    long_text = " ".join(["happy"] * 5000)
+    code, records, err = predict(capsys, exported, "so happy", long_text)
+    assert code == 0 and len(records) == 2
+    assert "warning: the text at argument 2 is" in err and "the model reads its first 128" in err
+    assert "argument 1" not in err
+
+
+def test_a_missing_model_folder_says_relative_paths_start_in_the_current_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()  # so 'models/export' can only be a path, not a hub id
+    code, _, err = predict(capsys, "models/export", "so happy")
+    assert code == 2 and "relative paths are taken from the current folder" in err and "project root" not in err

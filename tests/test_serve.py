@@ -190,6 +190,35 @@ def test_bad_requests_get_a_4xx_and_one_line_of_json_and_the_service_goes_on(ser
 
 
 @pytest.mark.slow
+def test_a_body_over_the_limit_is_refused_before_it_is_read(service):
+    """413 with one line from the declared Content-Length alone (the client never sends the rest), and, for a
+    chunked body that declares nothing, as soon as the bytes read pass the limit."""
+    import http.client
+    from urllib.parse import urlparse
+
+    address = urlparse(service.url)
+    declared = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    declared.putrequest("POST", "/classify")
+    declared.putheader("Content-Type", "application/json")
+    declared.putheader("Content-Length", str(200 * 2**20))  # 200 MB announced, 64 KB sent
+    declared.endheaders()
+    declared.send(b'{"texts": ["' + b"a" * 65536)
+    answer = declared.getresponse()
+    raw = answer.read().decode()
+    assert answer.status == 413 and "body: 209,715,200 bytes" in json.loads(raw)["error"] and "\n" not in raw.strip()
+    declared.close()
+
+    chunked = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    chunked.request("POST", "/classify", body=iter([b'{"texts": ["', *[b"a" * 4096] * 8, b'"]}']), encode_chunked=True,
+                    headers={"Content-Type": "application/json"})
+    answer = chunked.getresponse()
+    assert answer.status == 413 and "body: over" in json.loads(answer.read())["error"]
+    chunked.close()
+    status, _, _, _ = classify(service, TEXTS[:1])
+    assert status == 200
+
+
+@pytest.mark.slow
 def test_concurrent_requests_are_batched(service):
     """Single-text requests sent at once share forward passes: X-Batch-Requests (and /stats) say how many did."""
     shared = []

@@ -33,8 +33,11 @@ ONNX_FILE = "model.onnx"  # the int8 model's graph (quantize stage, emotion_pipe
 SESSION_OPTIONS_FILE = "onnxruntime_session.json"
 
 
+MAX_LENGTH = 128  # tokens of a text the model reads by default (params.yaml model.max_length trains on as many)
+
+
 @torch.inference_mode()
-def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128,
+def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = MAX_LENGTH,
                   progress: bool = False) -> np.ndarray:
     """Class probabilities, shape (len(texts), num_labels), in the order of ``texts``.
 
@@ -138,7 +141,8 @@ def load_exported(model_dir: str, device: str = "auto", threads: int | None = No
     ``model_dir`` is checked first: a missing folder, a folder holding only a LoRA adapter, or
     one without config.json is a UserError that says what to give instead.
     """
-    location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export")
+    location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export",
+                              "the current folder")
     if isinstance(location, Path):
         check_model_folder(model_dir, location, "model folder")
         if (location / ONNX_FILE).is_file():  # the quantize stage's int8 model

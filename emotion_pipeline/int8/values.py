@@ -41,4 +41,3 @@ def producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
     """The op that computes value, if it is a standard-domain ``op_type``, else None."""
     node = value.producer() if value is not None else None
     return node if node is not None and node.domain == "" and node.op_type == op_type else None
-

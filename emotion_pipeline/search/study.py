@@ -35,8 +35,6 @@ def absolute_storage_url(url: str) -> str:
     return make_url(url).set(database=database.as_posix()).render_as_string(hide_password=False)
 
 
-
-
 TUNE_FILE = Path("tune.yaml")
 
 

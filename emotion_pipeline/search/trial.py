@@ -28,8 +28,6 @@ def trial_file(project: Path, experiment: str) -> Path:
     return project / TRIALS_DIR / f"{experiment}.json"
 
 
-
-
 def make_pruner(settings: dict):
     """An Optuna pruner from {"type": none|median|threshold, "startup_trials", "warmup_epochs", "prune_below"}."""
     import optuna
@@ -40,12 +38,6 @@ def make_pruner(settings: dict):
     if settings["type"] == "threshold":
         return optuna.pruners.ThresholdPruner(lower=settings["prune_below"], n_warmup_steps=settings["warmup_epochs"])
     return optuna.pruners.NopPruner()
-
-
-
-
-
-
 
 
 def trial_storage(url: str):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emotion_pipeline.errors import UserError, first_line
-from emotion_pipeline.experiments import dvc, failure_message
+from emotion_pipeline.experiments import dvc, failure_message, last_error
 from emotion_pipeline.search.space import EPOCH_METRICS, TuneConfig, override, pruner_settings, sampler_for
 from emotion_pipeline.search.study import stored_trial, write_trial_file
 from emotion_pipeline.search.trial import PRUNED_AT_EPOCH
@@ -27,7 +27,6 @@ def objective_value(row: dict, config: TuneConfig) -> float | None:
     metrics = row["data"].get("metrics") or {}
     value = ((metrics.get(config.objective_file) or {}).get("data") or {}).get(config.objective_key)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
 
 
 @dataclass
@@ -57,10 +56,14 @@ def ask(study, config: TuneConfig, space: dict):
     from optuna.trial import Trial, TrialState
 
     study.sampler = sampler_for(config, len(study.get_trials(deepcopy=False)))
+    known = {t.number for t in study.get_trials(deepcopy=False)}
     try:
         trial = study.ask(space)
     except ValueError as exc:
-        orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "owner" not in t.user_attrs]
+        # The trial Optuna made of the enqueued params: new since this ask began, enqueued, not claimed yet. (Another
+        # machine's trial asked this very moment is new and unclaimed too, but not one of enqueued params that fail.)
+        orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known
+                   and "owner" not in t.user_attrs and "fixed_params" in t.system_attrs]
         if orphans:
             trial = Trial(study, orphans[-1]._trial_id)
             claim(trial)
@@ -85,17 +88,24 @@ def queue_trial(config: TuneConfig, storage_url: str, trial, project: Path) -> R
     return Running(trial, name, time.monotonic())
 
 
+# A trial's owner renews its claim every LEASE_RENEW_S; another machine takes it over once the claim is LEASE_S old
+# (a preempted node, a lost network): long enough for a loaded machine and clocks a little apart, short beside a trial.
+LEASE_RENEW_S = 60
+LEASE_S = 600
+
+
 def claim(trial) -> None:
-    """Mark the trial as waited for by this process (host, pid and start time: a pid alone may be reused)."""
+    """Mark the trial as waited for by this process (host, pid and start time: a pid alone may be reused), now."""
     import psutil
 
     trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid(),
-                                  "started": psutil.Process().create_time()})
+                                  "started": psutil.Process().create_time(), "renewed": time.time()})
 
 
 def owner_alive(trial) -> bool:
-    """Whether the process that asked for a trial still waits for it. Another machine's trials count as alive;
-    so does a trial without an owner for its first minute (it is claimed right after it is asked for)."""
+    """Whether the process that asked for a trial still waits for it: on this machine, while that process lives; on
+    another, while it renews its claim (LEASE_S). A trial without an owner counts as alive for its first minute (it
+    is claimed right after it is asked for)."""
     import datetime
 
     import psutil
@@ -105,7 +115,7 @@ def owner_alive(trial) -> bool:
         started = trial.datetime_start or datetime.datetime.now()
         return (datetime.datetime.now() - started).total_seconds() < 60
     if owner.get("host") != socket.gethostname():
-        return True
+        return time.time() - owner.get("renewed", 0) < LEASE_S
     try:
         return psutil.Process(owner["pid"]).create_time() == owner["started"]
     except psutil.NoSuchProcess:
@@ -127,7 +137,11 @@ def settle(study, config: TuneConfig, run: Running, row: dict, push: str | None)
                    f"{' '.join(config.targets)})"
         study.tell(run.number, value)
         if push:
-            dvc("exp", "push", push, run.experiment)
+            pushed = dvc("exp", "push", push, run.experiment, check=False)
+            if pushed.returncode != 0:  # the result is in the study; only the experiment's copy on the remote is missing
+                print(f"warning: trial {run.number}: `dvc exp push {push} {run.experiment}` failed "
+                      f"({last_error(pushed.stderr + pushed.stdout)}); the study goes on. Push it later with the same "
+                      f"command.", file=sys.stderr)
         return f"trial {run.number} ({run.experiment}) {config.objective_key} = {value:.6g} in {elapsed:.0f} s"
     # Read from the storage: the train stage set it there (a Trial object keeps the attributes it started with).
     pruned_at = stored_trial(study, run.number).user_attrs.get(PRUNED_AT_EPOCH)
@@ -152,15 +166,24 @@ def take_over(study, config: TuneConfig, rows: dict[str, dict]) -> Iterator[Runn
         trial = Trial(study, frozen._trial_id)
         name = frozen.user_attrs.get("experiment")
         row = rows.get(name) if name else None
-        if row is None:
-            trial.set_user_attr("error", "interrupted before its experiment was queued")
+        if row is None:  # no experiment of it here: never queued, or queued on a machine that is gone
+            owner = frozen.user_attrs.get("owner") or {}
+            lost = owner.get("host") not in (None, socket.gethostname())
+            why = f"its machine {owner['host']} stopped renewing its claim" if lost else "interrupted before it was queued"
+            trial.set_user_attr("error", why)
             study.tell(frozen.number, state=TrialState.FAIL)
             study.enqueue_trial(frozen.params, skip_if_exists=False)
-            print(f"trial {frozen.number}: interrupted before it was queued; its params are tried again", file=sys.stderr)
+            print(f"trial {frozen.number}: {why}; its params are tried again", file=sys.stderr)
             continue
         claim(trial)
         print(f"trial {frozen.number} ({name}): taken over from an earlier run ({row['state']})", file=sys.stderr)
         yield Running(trial, name, time.monotonic())
+
+
+def renew(running: dict[str, Running]) -> None:
+    """Renew this command's claim on the trials it waits for (owner_alive, on the other machines)."""
+    for run in running.values():
+        claim(run.trial)
 
 
 def run_fingerprint(project: Path) -> tuple:

@@ -71,6 +71,9 @@ PROGRESS_EVERY_S = 10  # a line on stderr this often: Ray Data's own progress ba
 def check_input(path: Path, column: str) -> int:
     """A readable input with the text column; returns the line number of its first text (emotion-predict's numbering)."""
     check_text_file(path, column, "--input")
+    if not path.is_file():
+        raise UserError(f"--input: '{path}' is not a regular file (a pipe, a device): emotion-batch reads its input in "
+                        f"byte ranges, several at once; save it to a file first, or pipe it to emotion-predict.")
     return 2 if path.suffix == ".csv" else 1  # a CSV's line 1 is its header
 
 

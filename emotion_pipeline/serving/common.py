@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from pathlib import Path
 
 from emotion_pipeline.errors import UserError, first_line
@@ -18,7 +19,6 @@ from emotion_pipeline.errors import UserError, first_line
 # emotion_pipeline.inference.predict (and with it torch and transformers) is imported inside the functions that load a
 # model: Ray Data's read tasks unpickle emotion_pipeline.serving.batch, and so this module, in worker processes that
 # only read text; importing torch there cost ~300 MiB a worker.
-
 
 
 def command_parser(prog: str, usage: str, description: str, workers: str) -> argparse.ArgumentParser:
@@ -46,7 +46,8 @@ def check_model(model_dir: str) -> list[str]:
     from emotion_pipeline.sources import check_model_folder, resolve_source
 
     transformers_logging.disable_progress_bar()
-    location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export")
+    location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export",
+                              "the current folder")
     try:
         if isinstance(location, Path) and (location / ONNX_FILE).is_file():
             check_model_folder(model_dir, location, "model folder")
@@ -117,7 +118,10 @@ def start_ray(address: str | None):
         # Every node of a cluster runs the workers from its own install of this project (README, "Serve and score
         # at scale"), as torchrun's nodes do: nothing is shipped from the driver.
         # ERROR, not WARNING: Ray 2.60 warns on every start that its token authentication is on (as it should be).
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        for signum, handler in handlers.items():  # Ray's core sets a SIGTERM handler of its own (sys.exit(15))
+            signal.signal(signum, handler)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise UserError(f"--address {address}: could not connect to a Ray cluster there ({str(exc).splitlines()[0]}). "
                         f"Give the head's client address (ray://HEAD:10001), its GCS address (HEAD:6379) or 'auto' "

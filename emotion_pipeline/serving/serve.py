@@ -76,11 +76,30 @@ class BadRequest(ValueError):
         self.status = status
 
 
+def too_large(size: str, limits: Limits) -> BadRequest:
+    return BadRequest(f"body: {size} bytes, more than {limits.max_texts} texts of {limits.max_chars} characters can "
+                      f"take; send fewer or shorter texts per request.", 413)
+
+
+async def read_body(request, limits: Limits) -> bytes:
+    """The request body, refused (413) as soon as it is known to be too large: from its Content-Length before a
+    byte of it is read, else while it streams in. Nothing past the limit is ever held in this replica."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise too_large(f"{int(declared):,}", limits)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            raise too_large(f"over {limits.max_body_bytes:,}", limits)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def parse_request(body: bytes, limits: Limits, num_labels: int) -> tuple[list[str], int | None]:
     """The texts and top_k of a /classify body, or BadRequest saying what is wrong and what would be valid."""
     if len(body) > limits.max_body_bytes:
-        raise BadRequest(f"body: {len(body):,} bytes, more than {limits.max_texts} texts of {limits.max_chars} characters "
-                         f"can take; send fewer or shorter texts per request.", 413)
+        raise too_large(f"{len(body):,}", limits)
     try:
         request = json.loads(body.decode("utf-8"))  # UTF-8 only: json.loads would guess UTF-16 from a BOM
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -154,7 +173,7 @@ class EmotionClassifier:
         try:
             route = (request.method, request.url.path.rstrip("/") or "/")
             if route == ("POST", "/classify"):
-                return await self.classify(await request.body())
+                return await self.classify(await read_body(request, self.limits))
             if route == ("GET", "/healthz"):
                 return JSONResponse({"status": "ok", "model": self.model_dir, "labels": self.labels})
             if route == ("GET", "/stats"):
@@ -260,14 +279,10 @@ def run(args: argparse.Namespace) -> None:
         received.append(signum)
         raise KeyboardInterrupt
 
-    def catch_signals() -> None:
-        catch_interrupts(interrupt)
-
-    catch_signals()
+    catch_interrupts(interrupt)
     try:
         labels = check_model(args.model_dir)
         ray = start_ray(args.address)
-        catch_signals()  # again: Ray's core installs a crash handler of its own for SIGTERM
         from ray import serve
 
         threads, cpus = worker_threads(args.replicas, ray.cluster_resources().get("CPU", 1), args.threads)

@@ -33,7 +33,6 @@ from emotion_pipeline.paths import CLASS_BIAS_FILE
 log = logging.getLogger(__name__)
 
 
-
 # --------------------------------------------------------------------------- 1. fitting (train)
 
 
@@ -118,19 +117,7 @@ def write_class_bias(folder: Path, bias: np.ndarray, labels: list[str]) -> None:
     (folder / CLASS_BIAS_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-
-
 # --------------------------------------------------------------------------- 3. into the model (evaluate, export)
 
 
-
-
-
-
-
-
 # --------------------------------------------------------------------------- 4. applying (predict)
-
-
-
-

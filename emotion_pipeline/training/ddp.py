@@ -52,8 +52,6 @@ class LogWeightsChecksum(TrainerCallback):
                  state.global_step, weights_checksum(model))
 
 
-
-
 def die_with_launcher() -> None:
     """Ask Linux to SIGKILL this process when its parent (the torchrun agent) dies.
 

@@ -23,7 +23,7 @@ import time
 
 from emotion_pipeline.config import ComputeConfig
 from emotion_pipeline.errors import UserError, run_stage, stage_interrupted
-from emotion_pipeline.training.rendezvous import Rendezvous, watched_c10d_backend
+from emotion_pipeline.training.rendezvous import Rendezvous, check_torch_internals, watched_c10d_backend
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def run_torchrun(args: list[str]) -> None:
     parsed = parse_args(args)
     meeting = None
     if not parsed.standalone and parsed.rdzv_backend == "c10d":
+        check_torch_internals()
         meeting = Rendezvous.from_torchrun(parsed)
         meeting.check_endpoint()
         parsed.rdzv_backend = watched_c10d_backend(meeting)

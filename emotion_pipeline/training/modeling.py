@@ -150,8 +150,6 @@ def lora_targets(model: PreTrainedModel, params: LoraParams) -> list[str] | str:
     return params.target_modules
 
 
-
-
 def trainable_parameters(model: PreTrainedModel | PeftModel) -> tuple[int, int]:
     """(trainable, total) parameter counts, with or without an adapter."""
     if isinstance(model, PeftModel):
@@ -183,6 +181,3 @@ def _sort_set_fields(config: LoraConfig) -> None:
         value = getattr(config, field.name)
         if isinstance(value, (set, frozenset)):
             setattr(config, field.name, sorted(value))
-
-
-

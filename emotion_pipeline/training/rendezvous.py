@@ -20,6 +20,25 @@ WATCHED_C10D = "c10d-emotion-watched"  # torch's c10d rendezvous, registered und
 RESOLVE_TIMEOUT_S = 10
 
 
+def check_torch_internals() -> None:
+    """The private parts of torch this module reads exist in the torch installed; else one paragraph at start-up, not a
+    progress report that silently never comes. They were written against the torch of requirements/runtime.txt."""
+    import inspect
+
+    import torch
+    from torch.distributed.elastic.rendezvous import utils
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler
+
+    missing = [f"rendezvous.utils.{name}" for name in ("_parse_rendezvous_config", "_matches_machine_hostname")
+               if not hasattr(utils, name)]
+    if "self._state_holder" not in inspect.getsource(DynamicRendezvousHandler.__init__):
+        missing.append("DynamicRendezvousHandler._state_holder")
+    if missing:
+        raise UserError(f"torch {torch.__version__} has no {', '.join(missing)}, which the multi-node launcher reads "
+                        f"(written against the torch pinned in requirements/runtime.txt): install from the lock, "
+                        f"`uv pip install --require-hashes -r requirements/dev.txt`.")
+
+
 def watched_c10d_backend(meeting: Rendezvous) -> str:
     """The name of torch's c10d rendezvous backend, registered again so that ``meeting`` holds its handler.
 
