@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import ParameterGrid
-from sklearn.pipeline import make_pipeline
 
 from emotion_pipeline.config import load_params
 from emotion_pipeline.data.prepared import read_prepared
@@ -26,6 +23,7 @@ from emotion_pipeline.environment import environment_record
 from emotion_pipeline.evaluation.metrics import classification_metrics, full_proba, headline, predictions_table
 from emotion_pipeline.evaluation.reports import quality_report
 from emotion_pipeline.evaluation.scores import accuracy, macro_f1
+from emotion_pipeline.evaluation.tfidf import tfidf_classifier
 from emotion_pipeline.evaluation.uncertainty import score_intervals
 from emotion_pipeline.io import write_json, write_text
 from emotion_pipeline.paths import (
@@ -82,15 +80,9 @@ def main() -> None:
 
 
 def fit(train, setting: dict, max_features: int | None, seed: int):
-    classifier = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, setting["ngram_max"]), max_features=max_features, sublinear_tf=setting["sublinear_tf"]),
-        LogisticRegression(C=setting["c"], class_weight=setting["class_weight"], max_iter=3000, random_state=seed),
-    )
-    return classifier.fit(train["text"], train["label"])
+    return tfidf_classifier(setting, max_features, seed).fit(train["text"], train["label"])
 
 
 def describe(setting: dict) -> str:
     return (f"1-{setting['ngram_max']}-grams, C={setting['c']:g}, class weights {setting['class_weight'] or 'none'}, "
             f"sublinear tf {'on' if setting['sublinear_tf'] else 'off'}")
-
-
