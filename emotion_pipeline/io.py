@@ -1,13 +1,7 @@
-"""Writing outputs so that a crash, Ctrl-C or a power loss leaves either the previous complete output or the new one.
-
-Files are written beside their destination, flushed to disk and moved into place with os.replace
-(atomic on POSIX); folders are built under a temporary name, flushed, and swapped in only once
-complete, with Ctrl-C and SIGTERM held back for the two renames of the swap. What a kill -9 leaves
-(a staging name, an old copy swapped half-way out) is put right by the next write of the same path,
-before anything else: an old copy with nothing in its place is the last complete output and is moved
-back. The temporary names start with '.' and end in '.tmp' or '.old', which .dvcignore hides from
-DVC. Files and folders get the ordinary modes (0666 / 0777 less the umask), so a model written here
-can be read by another user on a shared server.
+"""Outputs that a crash, Ctrl-C or power loss leaves complete, old or new: built beside their destination under a
+temporary name, fsynced, moved in with os.replace (a folder's two-rename swap holds Ctrl-C and SIGTERM back). A kill
+-9's leftovers (staging named with its writer's pid, an old copy swapped half out) are put right by the next write of
+that path. Names start with '.' and end in '.tmp' or '.old' (.dvcignore hides them); modes are the usual ones.
 """
 
 from __future__ import annotations
@@ -25,7 +19,18 @@ from typing import IO
 
 
 def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _abandoned(staging: Path) -> bool:
+    """A staging name whose writer (the pid in its name) is gone: another process may be writing the same path."""
+    try:
+        os.kill(int(staging.name.rsplit(".", 2)[1].split("-")[0]), 0)  # PermissionError: alive, another user's
+    except (ValueError, IndexError, ProcessLookupError):
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _recover(path: Path) -> Path:
@@ -35,7 +40,8 @@ def _recover(path: Path) -> Path:
         os.replace(retired, path)  # killed between the swap's two renames: the last complete output
     shutil.rmtree(retired, ignore_errors=True)
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # staging of a killed write
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        if _abandoned(leftover):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     return retired
 
 
@@ -45,16 +51,6 @@ def _fsync(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block has run; they are delivered (and raise) right after it."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 @contextmanager
@@ -102,11 +98,15 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             for name in files:
                 _fsync(Path(folder, name))
             _fsync(Path(folder))
-        with _signals_held():
+        # Ctrl-C and SIGTERM wait for the swap's two renames; they are delivered (and raise) right after them.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
             if path.exists():
                 os.replace(path, retired)
             os.replace(staging, path)
             _fsync(path.parent)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         _recover(path)

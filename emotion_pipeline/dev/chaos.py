@@ -146,7 +146,9 @@ def kill_and_recover(project: Path, env: dict[str, str], durations: dict[str, fl
         log(f"kill {index + 1}/{kills}: {kill.signal} {kill.after_s:.2f} s into {kill.aimed_at} "
             f"(hit: {kill.hit or 'nothing, the pipeline had finished'}; dvc exited {kill.exit_status})")
         done.append(kill)
-    result = subprocess.run(dvc_command("repro"), cwd=project, env=env, capture_output=True, text=True)
+    # --no-run-cache as in the killed runs: a stage killed mid-write runs again, rather than coming back from DVC's run
+    # cache (which would leave the killed writer's hidden staging folder until that stage next runs).
+    result = subprocess.run(dvc_command("repro", "--no-run-cache"), cwd=project, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"dvc repro after the kills failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return done
