@@ -133,6 +133,21 @@ class OnnxClassifier:
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
 
+def locate_exported(model_dir: str) -> Path | str:
+    """An exported model's folder, checked to be a model folder (not an adapter, not empty), or a hub id. Relative
+    paths start in the current folder: this is what commands are given."""
+    location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export",
+                              "the current folder")
+    if isinstance(location, Path):
+        check_model_folder(model_dir, location, "model folder")
+    return location
+
+
+def not_loadable(model_dir: str, exc: BaseException) -> UserError:
+    return UserError(f"model folder: could not load '{model_dir}' ({first_line(exc)}). Give the folder written by the "
+                     f"export stage, e.g. models/export.")
+
+
 def load_exported(model_dir: str, device: str = "auto", threads: int | None = None):
     """An exported classifier and its tokenizer, ready for predict_proba: the merged fp32 model
     (models/export) with transformers, or the int8 one (models/int8) with onnxruntime, computing on
@@ -141,10 +156,8 @@ def load_exported(model_dir: str, device: str = "auto", threads: int | None = No
     ``model_dir`` is checked first: a missing folder, a folder holding only a LoRA adapter, or
     one without config.json is a UserError that says what to give instead.
     """
-    location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export",
-                              "the current folder")
+    location = locate_exported(model_dir)
     if isinstance(location, Path):
-        check_model_folder(model_dir, location, "model folder")
         if (location / ONNX_FILE).is_file():  # the quantize stage's int8 model
             if device != "auto" and choose_device(device, key="--device").type != "cpu":
                 raise UserError(f"--device {device}: '{model_dir}' is the int8 ONNX model, which runs on the CPU; "
@@ -154,8 +167,7 @@ def load_exported(model_dir: str, device: str = "auto", threads: int | None = No
         tokenizer = AutoTokenizer.from_pretrained(str(location))
         model = AutoModelForSequenceClassification.from_pretrained(str(location), use_safetensors=True)
     except (OSError, ValueError) as exc:
-        raise UserError(f"model folder: could not load '{model_dir}' ({first_line(exc)}). Give the folder written by the "
-                        f"export stage, e.g. models/export.") from None
+        raise not_loadable(model_dir, exc) from None
     model.to(choose_device(device, key="--device")).eval()
     return model, tokenizer
 

@@ -14,7 +14,7 @@ import os
 import signal
 from pathlib import Path
 
-from emotion_pipeline.errors import UserError, first_line
+from emotion_pipeline.errors import UserError
 
 # emotion_pipeline.inference.predict (and with it torch and transformers) is imported inside the functions that load a
 # model: Ray Data's read tasks unpickle emotion_pipeline.serving.batch, and so this module, in worker processes that
@@ -42,15 +42,12 @@ def check_model(model_dir: str) -> list[str]:
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
-    from emotion_pipeline.inference.predict import ONNX_FILE, OnnxClassifier, class_names
-    from emotion_pipeline.sources import check_model_folder, resolve_source
+    from emotion_pipeline.inference.predict import ONNX_FILE, OnnxClassifier, class_names, locate_exported, not_loadable
 
     transformers_logging.disable_progress_bar()
-    location = resolve_source(model_dir, "model folder", "the folder written by the export stage, e.g. models/export",
-                              "the current folder")
+    location = locate_exported(model_dir)
     try:
         if isinstance(location, Path) and (location / ONNX_FILE).is_file():
-            check_model_folder(model_dir, location, "model folder")
             return class_names(OnnxClassifier(location, threads=1).config)
         config = AutoConfig.from_pretrained(str(location))
         AutoTokenizer.from_pretrained(str(location))
@@ -64,10 +61,7 @@ def check_model(model_dir: str) -> list[str]:
                 with safe_open(str(path), framework="pt") as handle:
                     handle.keys()
     except (OSError, ValueError) as exc:
-        if isinstance(location, Path):
-            check_model_folder(model_dir, location, "model folder")
-        raise UserError(f"model folder: could not load '{model_dir}' ({first_line(exc)}). Give the folder written by the "
-                        f"export stage, e.g. models/export.") from None
+        raise not_loadable(model_dir, exc) from None
     return class_names(config)
 
 
