@@ -1,6 +1,5 @@
 """Which labels are probably wrong: `python -m emotion_pipeline.audit` (confident learning, with cleanlab).
 
-    pip install -e ".[audit]"
     dvc repro prepare                          # the audit reads data/prepared
     python -m emotion_pipeline.audit           # writes audit/label_issues.csv and audit/report.md
     python -m emotion_pipeline.audit --folds 10 --top 50
@@ -11,9 +10,11 @@ under a model that never saw that example, relative to how confident that model 
 probability here is out of sample:
 - train: K-fold out-of-fold probabilities (each text scored by a model fitted on the other folds);
 - validation and test: a model fitted on all of train, which never saw them.
-The model is the TF-IDF baseline (metrics/baseline_choice.json's settings when the baseline stage ran, else
-1-2-grams, C=10): seconds on 2 cores, where K fine-tunes would take hours. Its probabilities are weaker than the
-fine-tune's, so it flags more texts the fine-tune would get right: read the list as candidates to look at.
+The model is a TF-IDF logistic regression (emotion_pipeline.data.label_issues: 1-2-grams, C=10): seconds on 2 cores,
+where K fine-tunes would take hours. Its probabilities are weaker than the fine-tune's, so it flags more texts the
+fine-tune would get right: read the list as candidates to look at. With the defaults, the train rows listed here are
+exactly those `data.drop_label_issues: true` drops in prepare; evaluate's quality report audits the test split again
+with the trained model's own probabilities.
 
 Outputs: audit/label_issues.csv (split, row as in data/prepared, text, given label, suggested label, quality: the
 probability of the given label, ranked worst first) and audit/report.md (counts per split and per given ->
@@ -28,7 +29,6 @@ version. `dvc add audit` tracks what it wrote.
 from __future__ import annotations
 
 import argparse
-import json
 import unicodedata
 from pathlib import Path
 
@@ -36,50 +36,19 @@ import numpy as np
 import pandas as pd
 
 from emotion_pipeline.commands import run_command
+from emotion_pipeline.data.label_issues import AUDIT_SETTING, FOLDS, SEED, label_issues, out_of_sample_probabilities
 from emotion_pipeline.data.prepared import read_prepared
 from emotion_pipeline.errors import UserError
-from emotion_pipeline.evaluation.metrics import full_proba
 from emotion_pipeline.evaluation.reports import text_table
-from emotion_pipeline.evaluation.tfidf import tfidf_classifier
 from emotion_pipeline.io import write_text
-from emotion_pipeline.paths import BASELINE_CHOICE, PREPARED_DIR
+from emotion_pipeline.paths import PREPARED_DIR
 
 AUDIT_DIR = Path("audit")
-DEFAULT_SETTING = {"ngram_max": 2, "c": 10.0, "class_weight": None, "sublinear_tf": True}
 
 
 def normalised(text: str) -> str:
     """A text as duplicates are found: Unicode NFC, case folded, runs of whitespace as one space."""
     return " ".join(unicodedata.normalize("NFC", text).casefold().split())
-
-
-def out_of_sample_probabilities(splits: dict[str, pd.DataFrame], num_labels: int, setting: dict, folds: int,
-                                seed: int) -> dict[str, np.ndarray]:
-    """Each split's probabilities from models that never saw the text: K-fold for train, all of train for the rest."""
-    from sklearn.model_selection import StratifiedKFold
-
-    train = splits["train"]
-    probs = {"train": np.zeros((len(train), num_labels))}
-    for fitted_on, held_out in StratifiedKFold(folds, shuffle=True, random_state=seed).split(train["text"], train["label"]):
-        model = tfidf_classifier(setting, None, seed).fit(train["text"].iloc[fitted_on], train["label"].iloc[fitted_on])
-        probs["train"][held_out] = full_proba(model.predict_proba(train["text"].iloc[held_out]), model.classes_, num_labels)
-    model = tfidf_classifier(setting, None, seed).fit(train["text"], train["label"])
-    for split in ("validation", "test"):
-        probs[split] = full_proba(model.predict_proba(splits[split]["text"]), model.classes_, num_labels)
-    return probs
-
-
-def label_issues(frame: pd.DataFrame, probs: np.ndarray, labels: list[str], split: str) -> pd.DataFrame:
-    """cleanlab's ranked label issues of one split, as rows of the CSV (worst first)."""
-    from cleanlab.filter import find_label_issues
-
-    given = frame["label"].to_numpy()
-    # n_jobs=1: its worker pool would be stopped with SIGTERM, which this command turns into an interrupt.
-    ranked = find_label_issues(given, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
-    return pd.DataFrame({"split": split, "row": ranked, "text": frame["text"].to_numpy()[ranked],
-                         "given": [labels[i] for i in given[ranked]],
-                         "suggested": [labels[i] for i in probs[ranked].argmax(axis=1)],
-                         "quality": np.round(probs[ranked, given[ranked]], 6)})
 
 
 def conflicting_duplicates(splits: dict[str, pd.DataFrame], labels: list[str]) -> pd.DataFrame:
@@ -92,9 +61,9 @@ def conflicting_duplicates(splits: dict[str, pd.DataFrame], labels: list[str]) -
 
 
 def report(issues: pd.DataFrame, sizes: dict[str, int], duplicates: pd.DataFrame, test_in_train: pd.DataFrame,
-           top: int, setting: dict, folds: int) -> str:
+           top: int, folds: int) -> str:
     lines = ["# Label audit (confident learning)", "",
-             f"Out-of-sample probabilities of the TF-IDF model ({setting}; train: {folds}-fold out-of-fold, validation "
+             f"Out-of-sample probabilities of the TF-IDF model ({AUDIT_SETTING}; train: {folds}-fold out-of-fold, validation "
              f"and test: fitted on train). A flagged text is a candidate for a wrong label, not a verdict.", "",
              *text_table([("split", "texts", "flagged", "share")] +
                          [(split, f"{size:,}", f"{(issues['split'] == split).sum():,}",
@@ -131,29 +100,26 @@ def test_texts_in_train(splits: dict[str, pd.DataFrame], labels: list[str]) -> p
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m emotion_pipeline.audit", description=__doc__.splitlines()[0])
-    parser.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold train probabilities (default: 5)")
+    parser.add_argument("--folds", type=int, default=FOLDS,
+                        help=f"folds of the out-of-fold train probabilities (default: {FOLDS}, as data.drop_label_issues)")
     parser.add_argument("--top", type=int, default=20, help="examples per split in the report (default: 20)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fold split and the solver (default: 0)")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"seed of the fold split and the solver (default: {SEED}, as data.drop_label_issues)")
     parser.add_argument("--out", type=Path, default=AUDIT_DIR, help="where to write (default: audit/)")
     args = parser.parse_args(argv)
     run_command(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("cleanlab") is None:
-        raise UserError('the audit uses cleanlab, which the core install leaves out: `pip install -e ".[audit]"`.')
     if args.folds < 2 or args.top < 1:
         raise UserError("--folds must be at least 2 and --top at least 1.")
     splits, labels = read_prepared(PREPARED_DIR)
-    setting = json.loads(BASELINE_CHOICE.read_text())["chosen"] if BASELINE_CHOICE.is_file() else DEFAULT_SETTING
-    probs = out_of_sample_probabilities(splits, len(labels), setting, args.folds, args.seed)
+    probs = out_of_sample_probabilities(splits, len(labels), args.folds, args.seed)
     issues = pd.concat([label_issues(splits[split], probs[split], labels, split) for split in splits], ignore_index=True)
     duplicates, test_in_train = conflicting_duplicates(splits, labels), test_texts_in_train(splits, labels)
     write_text(args.out / "label_issues.csv", issues.to_csv(index=False))
     write_text(args.out / "report.md", report(issues, {split: len(frame) for split, frame in splits.items()}, duplicates,
-                                              test_in_train, args.top, setting, args.folds))
+                                              test_in_train, args.top, args.folds))
     counts = ", ".join(f"{split} {(issues['split'] == split).sum():,} of {len(frame):,}" for split, frame in splits.items())
     print(f"label audit: flagged {counts}; {args.out}/label_issues.csv and {args.out}/report.md")
 

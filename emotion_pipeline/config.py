@@ -38,22 +38,18 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: str = Field(
-        "dair-ai/emotion",
-        description="Hub dataset id, or a local folder with train/validation/test files "
-        "(.txt 'text;label' lines, .csv, .jsonl or .parquet).",
-    )
-    labels: list[str] = Field(
-        ["sadness", "joy", "love", "anger", "fear", "surprise"],
-        description="Class names; the position of a name is its class id.",
-    )
-    revision: str | None = Field(
-        None,
-        description="Hub dataset revision (branch, tag or commit sha); pin a commit so that the same params always "
-        "mean the same data. None: the default branch. Not used for local folders.",
-    )
+    source: str = Field("dair-ai/emotion", description="Hub dataset id, or a local folder with train/validation/test files "
+                        "(.txt 'text;label' lines, .csv, .jsonl or .parquet).")
+    labels: list[str] = Field(["sadness", "joy", "love", "anger", "fear", "surprise"],
+                              description="Class names; the position of a name is its class id.")
+    revision: str | None = Field(None, description="Hub dataset revision (branch, tag or commit sha); pin a commit so "
+                                 "that the same params always mean the same data. None: the default branch. Not used "
+                                 "for local folders.")
     text_column: str = Field("text", min_length=1, description="Column holding the text (CSV/JSONL/Parquet/hub).")
     label_column: str = Field("label", min_length=1, description="Column holding the label (CSV/JSONL/Parquet/hub).")
+    drop_label_issues: bool = Field(
+        False, description="Drop the train texts whose label the audit flags as probably wrong (confident learning: "
+        "emotion_pipeline.data.label_issues); validation and test are never changed. Off: train as given.")
 
     @field_validator("labels")
     @classmethod
@@ -70,11 +66,8 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     name: str = Field("Qwen/Qwen3-0.6B", min_length=1, description="Hub model id or local model folder.")
-    revision: str | None = Field(
-        None,
-        description="Hub model revision (branch, tag or commit sha) for every load of model.name; None: the default "
-        "branch. Not used for local folders.",
-    )
+    revision: str | None = Field(None, description="Hub model revision (branch, tag or commit sha) for every load of "
+                                 "model.name; None: the default branch. Not used for local folders.")
     max_length: int = Field(128, gt=0, description="Tokens kept per text; longer texts are truncated.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub; off for safety.")
 
@@ -86,11 +79,9 @@ class LoraParams(Section):
     r: int = Field(8, gt=0, description="Rank of the LoRA update matrices.")
     alpha: int = Field(16, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
-        "auto",
-        description="Module names that get LoRA adapters; 'auto' picks per architecture "
-        "(see emotion_pipeline.training.modeling.LORA_TARGETS), 'all-linear' every linear layer but the head.",
-    )
+    target_modules: list[str] | Literal["auto", "all-linear"] = Field("auto", description="Module names that get LoRA "
+        "adapters; 'auto' picks per architecture (emotion_pipeline.training.modeling.LORA_TARGETS), 'all-linear' every "
+        "linear layer but the head.")
 
 
 class TrainConfig(Section):
@@ -109,6 +100,8 @@ class TrainConfig(Section):
     class_weights: Literal["none", "balanced"] | list[Annotated[float, Field(gt=0)]] = Field(
         "none", description="Cross-entropy class weights: 'none', 'balanced' (n / (classes x count) from the train "
         "label counts), or one weight per class in data.labels order.")
+    class_weight_power: float = Field(1.0, ge=0, le=1, description="Tempers 'balanced': each weight to this power "
+                                      "(1: balanced, 0: no weights, between: part of the way).")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss; 0: off.")
     early_stopping_patience: int = Field(
         0, ge=0, description="Stop after this many evaluations without a better validation macro-F1; 0: off.")

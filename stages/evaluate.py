@@ -18,11 +18,12 @@ import logging
 import pandas as pd
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.data.label_issues import label_issues
 from emotion_pipeline.data.prepared import read_prepared
 from emotion_pipeline.device import choose_device
 from emotion_pipeline.environment import check_kernel_dispatch, environment_record
 from emotion_pipeline.evaluation.metrics import classification_metrics, headline, predictions_table
-from emotion_pipeline.evaluation.reports import comparison_section, quality_report, report_text
+from emotion_pipeline.evaluation.reports import comparison_section, markdown_cell, quality_report, report_text
 from emotion_pipeline.evaluation.uncertainty import paired_comparison, paired_labels, score_intervals
 from emotion_pipeline.inference.adapter import load_adapter_model, merged
 from emotion_pipeline.inference.class_bias import carry_stored_bias
@@ -66,6 +67,7 @@ def main() -> None:
     metrics["environment"] = environment_record(device)
     table = predictions_table(test["text"].tolist(), y_true, probs, labels)
     versus, section = against_baseline(table, labels, scoring)
+    section += label_audit_section(test, probs, labels)
 
     write_json(TEST_METRICS, headline(metrics))
     write_json(TEST_DETAILS, metrics)
@@ -76,6 +78,22 @@ def main() -> None:
                                               f"Test quality of {params.model.name} + LoRA", section))
     log.info("test accuracy %.4f, macro-F1 %.4f %s, ECE %.4f", metrics["accuracy"], metrics["macro_f1"],
              metrics["intervals"]["macro_f1"], metrics["ece"])
+
+
+def label_audit_section(test: pd.DataFrame, probs, labels: list[str], top: int = 10) -> list[str]:
+    """Test labels the model itself calls probably wrong (confident learning on its probabilities, which never saw
+    the test split; emotion_pipeline.data.label_issues): part of every mistake count above may be the label's."""
+    flagged = label_issues(test, probs, labels, "test")
+    pairs = flagged.groupby(["given", "suggested"]).size().sort_values(ascending=False, kind="stable").head(6)
+    lines = ["", "## Label audit of the test split", "",
+             f"Confident learning on this model's own test probabilities flags {len(flagged)} of {len(test)} test labels "
+             f"as probably wrong ({', '.join(f'{g} -> {s} {n}' for (g, s), n in pairs.items()) or 'none'}). A flag is a "
+             "text to read, not a verdict; `python -m emotion_pipeline.audit` lists every split.", ""]
+    if len(flagged):
+        lines += ["| quality | given | suggested | text |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r.quality:.4f} | {r.given} | {r.suggested} | {markdown_cell(r.text)} |"
+                  for r in flagged.head(top).itertuples()]
+    return lines
 
 
 def against_baseline(table: pd.DataFrame, labels: list[str], scoring) -> tuple[dict, list[str]]:

@@ -4,8 +4,9 @@ Reads params section: data.
 
 The story: read the three splits in whatever format they come (emotion_pipeline.data.raw checks
 every row and names the file and line of a bad one), describe them in a data report (rows,
-label counts, lengths, duplicates, texts shared between splits), and write them as Parquet with
-the label file, which every later stage reads.
+label counts, lengths, duplicates, texts shared between splits), optionally drop the train texts
+whose label the audit flags (data.drop_label_issues; never validation or test, so scores stay
+comparable), and write them as Parquet with the label file, which every later stage reads.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from emotion_pipeline.config import load_params
+from emotion_pipeline.data.label_issues import flagged_train_rows
 from emotion_pipeline.data.prepared import write_prepared
 from emotion_pipeline.data.raw import load_splits
 from emotion_pipeline.data.report import data_report
@@ -28,7 +30,13 @@ def main() -> None:
     log.info("loading %s", cfg.source)
     splits = load_splits(cfg)
 
-    report = data_report(splits, cfg.labels)
+    report = data_report(splits, cfg.labels)  # of the data as given, before any lever
+    if cfg.drop_label_issues:
+        flagged = flagged_train_rows(splits, cfg.labels)
+        log.info("data.drop_label_issues: dropping %d of %d train texts the label audit flags", len(flagged),
+                 len(splits["train"]))
+        splits["train"] = splits["train"].drop(index=splits["train"].index[flagged]).reset_index(drop=True)
+        report["dropped_label_issues"] = {"train_rows": flagged.tolist(), "train_rows_left": len(splits["train"])}
     report["source"] = {"data.source": cfg.source, "data.revision": cfg.revision}  # which data this run used
     report["environment"] = environment_record()  # which versions read and wrote it
     for warning in report["warnings"]:

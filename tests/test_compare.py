@@ -243,3 +243,53 @@ def test_predictions_recorded_but_gone_from_the_cache_say_so(monkeypatch):
         PathMissingError(path, "the repository")))
     with pytest.raises(UserError, match="never ran there"):
         compare_module.read_predictions(side)
+
+
+@pytest.mark.slow
+def test_ensemble_averages_the_sweeps_probabilities_and_picks_its_best_member_on_validation(swept, tmp_path):
+    import dvc.api
+    import numpy as np
+
+    project, rows = swept
+    names = sorted(rows, key=lambda name: int(rows[name]["train.seed"]))
+    out = tmp_path / "ensemble.csv"
+    specs = [*names, f"{names[1]}:baseline"]
+    result = json.loads(run(["python", "-m", "emotion_pipeline.ensemble", *specs, "--json", "--out", str(out)], project).stdout)
+    shown = run(["python", "-m", "emotion_pipeline.ensemble", *specs], project).stdout
+    print(shown)
+    assert "ensemble" in shown and "\nVerdict: " in shown
+    # Each member's scores are its own run's metrics/test.json (or baseline.json), as `dvc exp show` lists them.
+    for member, name in zip(result["members"], names):
+        assert member["macro_f1"]["value"] == pytest.approx(float(rows[name]["metrics/test.json:macro_f1"]), abs=1e-6)
+        assert member["validation_macro_f1"] == pytest.approx(float(rows[name]["metrics/train.json:val_macro_f1"]), abs=1e-6)
+    baseline = result["members"][2]
+    assert baseline["file"] == "metrics/baseline_predictions.csv"
+    assert baseline["macro_f1"]["value"] == pytest.approx(float(rows[names[1]]["metrics/baseline.json:macro_f1"]), abs=1e-6)
+    # The best member is chosen on validation, never on test.
+    best = max(result["members"], key=lambda member: member["validation_macro_f1"])
+    assert result["best_member"] == best["name"] and result["verdict"].endswith(("excludes 0", "contains 0"))
+    # The ensemble's class is the argmax of the members' mean probability, text by text.
+    labels = json.loads((project / "data" / "prepared" / "labels.json").read_text())["labels"]
+    columns = [f"prob_{name}" for name in labels]
+    tables = [pd.read_csv(io.StringIO(dvc.api.read(member["file"], repo=str(project), rev=member["commit"])),
+                          keep_default_na=False) for member in result["members"]]
+    mean = np.mean([table[columns].to_numpy() for table in tables], axis=0)
+    ensemble = pd.read_csv(out, keep_default_na=False)
+    assert ensemble["predicted"].tolist() == [labels[i] for i in mean.argmax(axis=1)]
+    assert ensemble["text"].tolist() == tables[0]["text"].tolist() and len(ensemble) == 300
+    low, high = result["ensemble"]["macro_f1"]["interval"]
+    assert low <= result["ensemble"]["macro_f1"]["value"] <= high
+
+
+def test_ensemble_refuses_runs_without_probabilities_and_single_members(monkeypatch, tmp_path, capsys):
+    from emotion_pipeline import ensemble
+
+    old = pd.DataFrame({"text": ["a", "b"], "actual": ["joy", "sadness"], "predicted": ["joy", "joy"]})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ensemble, "read_predictions", lambda side: old)
+    side = compare_module.Side("exp-old", None, "workspace", "metrics/predictions.csv")
+    with pytest.raises(UserError, match="has no class probabilities .* Re-run its evaluate stage"):
+        ensemble.ensemble([side, side], 200, 0.95, 0)
+    with pytest.raises(SystemExit) as exited:
+        ensemble.main(["workspace"])
+    assert exited.value.code == 2 and "give two or more different members" in capsys.readouterr().err

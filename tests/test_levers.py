@@ -28,6 +28,16 @@ def test_balanced_weights_favour_the_rare_class():
         class_weight_vector([1.0, 2.0, 3.0], IMBALANCED, 2)
 
 
+def test_tempered_weights_lie_between_none_and_balanced():
+    balanced = class_weight_vector("balanced", IMBALANCED, 2)
+    tempered = class_weight_vector("balanced", IMBALANCED, 2, power=0.5)
+    assert np.allclose(tempered, np.sqrt(balanced))  # each weight to the power
+    assert 1 < tempered[1] / tempered[0] < balanced[1] / balanced[0]  # the rare class favoured, less than balanced
+    assert np.allclose(class_weight_vector("balanced", IMBALANCED, 2, power=0.0), 1.0)  # power 0: all weights 1
+    with pytest.raises(UserError, match="class_weight_power"):  # a power without 'balanced' would be silently unused
+        class_weight_vector("none", IMBALANCED, 2, power=0.5)
+
+
 def test_every_lever_off_means_the_models_own_loss():
     assert rare_class_loss(TrainConfig(), IMBALANCED, 2) is None
 

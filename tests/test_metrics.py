@@ -82,6 +82,12 @@ def test_quality_report_has_the_class_table_and_the_most_confident_mistakes_firs
     assert "| 0.9000 | c | a | t4 |" in short and "t1" not in short
 
 
+def test_predictions_keep_every_class_probability():
+    table = predictions_table([f"t{i}" for i in range(len(Y_TRUE))], Y_TRUE, PROBS, LABELS)
+    assert list(table.columns) == ["text", "actual", "predicted", "confidence", "correct"] + [f"prob_{name}" for name in LABELS]
+    np.testing.assert_allclose(table[[f"prob_{name}" for name in LABELS]].to_numpy(), PROBS, atol=1e-6)
+
+
 def test_full_proba_places_columns_at_class_ids():
     partial = np.array([[0.7, 0.3], [0.2, 0.8]])
     full = full_proba(partial, np.array([0, 2]), 4)  # classes 1 and 3 absent from train

@@ -68,8 +68,12 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> pd.D
     return pd.DataFrame(matrix, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
 
 
+PROB_PREFIX = "prob_"  # metrics/predictions.csv's probability columns: prob_sadness, prob_joy, ...
+
+
 def predictions_table(texts: list[str], y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> pd.DataFrame:
-    """One row per example: the table behind the confusion plot and error analysis."""
+    """One row per example: the table behind the confusion plot and error analysis, with every class's probability
+    (``prob_<class>``, what an ensemble averages: emotion_pipeline.ensemble)."""
     y_pred = probs.argmax(axis=1)
     return pd.DataFrame({
         "text": texts,
@@ -77,6 +81,7 @@ def predictions_table(texts: list[str], y_true: np.ndarray, probs: np.ndarray, l
         "predicted": [labels[i] for i in y_pred],
         "confidence": np.round(probs.max(axis=1), 6),
         "correct": y_true == y_pred,
+        **{f"{PROB_PREFIX}{name}": np.round(probs[:, i], 6) for i, name in enumerate(labels)},
     })
 
 

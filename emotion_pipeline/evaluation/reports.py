@@ -59,9 +59,13 @@ def quality_report(metrics: dict, table: pd.DataFrame, labels: list[str], top_mi
     lines += [f"## The {len(mistakes)} most confident mistakes", "", "| probability | true | predicted | text |",
               "| --- | --- | --- | --- |"]
     for row in mistakes.itertuples():
-        text = row.text.replace("|", "\\|")
-        lines.append(f"| {row.confidence:.4f} | {row.actual} | {row.predicted} | {text} |")
+        lines.append(f"| {row.confidence:.4f} | {row.actual} | {row.predicted} | {markdown_cell(row.text)} |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_cell(text: str) -> str:
+    """A text as one cell of a markdown table: its pipes escaped."""
+    return text.replace("|", "\\|")
 
 
 def per_class_table(per_class: dict, f1_intervals: dict | None = None) -> list[str]:
