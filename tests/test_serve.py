@@ -2,8 +2,8 @@
 requests with a 4xx and one line of JSON and goes on answering, batches concurrent requests, and stops on
 Ctrl-C with one line and exit 130.
 
-The service starts once for the module (service: 2 replicas, Ray Serve's batching with a 50 ms wait so
-concurrent requests surely meet) and the last test stops it with SIGINT, so the tests run in file order.
+The service starts once per engine (the one-process default, and Ray Serve with 2 replicas; batching with a 50 ms
+wait so concurrent requests surely meet) and the last test stops it with SIGINT, so the tests run in file order.
 The request rules themselves (parse_request) are checked without Ray.
 """
 
@@ -32,6 +32,7 @@ from conftest import subprocess_env  # noqa: E402
 
 from emotion_pipeline import predict  # noqa: E402
 from emotion_pipeline.serving import serve  # noqa: E402
+from emotion_pipeline.serving.service import BadRequest, Limits, parse_request  # noqa: E402
 
 MAX_TEXTS, MAX_CHARS = 8, 200
 TEXTS = ["i feel so happy today", "that noise scared me", "i am so angry at them", "what a lovely surprise"]
@@ -76,10 +77,14 @@ def classify(service: Service, texts: list, **extra) -> tuple[int, dict, str, di
     return call(service, "/classify", json.dumps({"texts": texts, **extra}).encode())
 
 
-@pytest.fixture(scope="module")
-def service(tiny_classifier):
+# Both engines run the same tests: the one-process default, and Ray Serve with two replicas.
+ENGINES = {"local": [], "ray": ["--engine", "ray", "--replicas", "2"]}
+
+
+@pytest.fixture(scope="module", params=list(ENGINES))
+def service(tiny_classifier, request):
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("emotion-serve")), str(tiny_classifier), "--replicas", "2", "--port",
+        [str(Path(sys.executable).with_name("emotion-serve")), str(tiny_classifier), *ENGINES[request.param], "--port",
          str(port := free_port()), "--batch-wait-timeout-s", "0.05", "--max-texts", str(MAX_TEXTS), "--max-chars",
          str(MAX_CHARS)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
@@ -100,7 +105,7 @@ def service(tiny_classifier):
 
 # --------------------------------------------------------------------------- the request rules (no Ray)
 
-LIMITS = serve.Limits(max_texts=MAX_TEXTS, max_chars=MAX_CHARS)
+LIMITS = Limits(max_texts=MAX_TEXTS, max_chars=MAX_CHARS)
 BAD_REQUESTS = [
     pytest.param(b"texts=hello", 400, "not JSON", id="not-json"),
     pytest.param(b"\xff\xfe{}", 400, "not JSON", id="not-utf8"),
@@ -125,15 +130,15 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("body, status, needle", BAD_REQUESTS)
 def test_parse_request_refuses_with_a_status_and_says_why(body, status, needle):
-    with pytest.raises(serve.BadRequest) as refused:
-        serve.parse_request(body, LIMITS, num_labels=6)
+    with pytest.raises(BadRequest) as refused:
+        parse_request(body, LIMITS, num_labels=6)
     assert refused.value.status == status and needle in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_parse_request_takes_texts_and_an_optional_top_k():
-    assert serve.parse_request(b'{"texts": ["a", "b"]}', LIMITS, 6) == (["a", "b"], None)
-    assert serve.parse_request(b'{"texts": ["a"], "top_k": 6}', LIMITS, 6) == (["a"], 6)
-    assert serve.parse_request(b'{"texts": ["a"], "top_k": null}', LIMITS, 6) == (["a"], None)
+    assert parse_request(b'{"texts": ["a", "b"]}', LIMITS, 6) == (["a", "b"], None)
+    assert parse_request(b'{"texts": ["a"], "top_k": 6}', LIMITS, 6) == (["a"], 6)
+    assert parse_request(b'{"texts": ["a"], "top_k": null}', LIMITS, 6) == (["a"], None)
 
 
 def test_a_bad_model_folder_is_one_paragraph_and_exit_2_before_ray_starts(tmp_path, capsys):
