@@ -46,7 +46,7 @@ SPLIT_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "te
 # start at once: test_pipeline_e2e builds the shared finished project, test_team_workflow does not need it.
 LONGEST_FIRST = ["test_pipeline_e2e", "test_team_workflow", "test_tune", "test_crash", "test_reliability",
                  "test_distributed", "test_compare", "test_rendezvous", "test_int8", "test_levers", "test_learning",
-                 "test_audit", "test_batch_ray", "test_serve"]
+                 "test_audit", "test_batch_ray", "test_serve", "test_demo"]
 
 
 def pytest_collection_modifyitems(config, items):

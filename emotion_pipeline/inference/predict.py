@@ -108,7 +108,7 @@ class OnnxClassifier:
 
     device = torch.device("cpu")
 
-    def __init__(self, folder: Path, threads: int | None = None):
+    def __init__(self, folder: Path, threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         try:
@@ -119,6 +119,8 @@ class OnnxClassifier:
                 settings = json.loads((folder / SESSION_OPTIONS_FILE).read_text(encoding="utf-8"))
                 for key, value in settings["session_config_entries"].items():
                     options.add_session_config_entry(key, value)
+            if not spinning:  # a service idles between requests: its threads must sleep then, not spin
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if threads:  # a share of the cores (a Ray worker beside others); else one thread per core
                 options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
@@ -148,7 +150,7 @@ def not_loadable(model_dir: str, exc: BaseException) -> UserError:
                      f"export stage, e.g. models/export.")
 
 
-def load_exported(model_dir: str, device: str = "auto", threads: int | None = None):
+def load_exported(model_dir: str, device: str = "auto", threads: int | None = None, spinning: bool = True):
     """An exported classifier and its tokenizer, ready for predict_proba: the merged fp32 model
     (models/export) with transformers, or the int8 one (models/int8) with onnxruntime, computing on
     ``threads`` threads of ONNX Runtime (the caller sets torch's).
@@ -162,7 +164,7 @@ def load_exported(model_dir: str, device: str = "auto", threads: int | None = No
             if device != "auto" and choose_device(device, key="--device").type != "cpu":
                 raise UserError(f"--device {device}: '{model_dir}' is the int8 ONNX model, which runs on the CPU; "
                                 f"use --device cpu, or the fp32 export (models/export) on a GPU.")
-            return OnnxClassifier(location, threads), AutoTokenizer.from_pretrained(str(location))
+            return OnnxClassifier(location, threads, spinning), AutoTokenizer.from_pretrained(str(location))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(location))
         model = AutoModelForSequenceClassification.from_pretrained(str(location), use_safetensors=True)

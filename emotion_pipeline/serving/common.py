@@ -65,18 +65,20 @@ def check_model(model_dir: str) -> list[str]:
     return class_names(config)
 
 
-def load_in_worker(model_dir: str, threads: int):
-    """The model and tokenizer in a Ray worker (a Serve replica or a Data actor), computing on ``threads`` threads.
+def load_in_worker(model_dir: str, threads: int, spinning: bool = True):
+    """The model and tokenizer in a worker (a service, a Serve replica or a Data actor), computing on ``threads`` threads.
 
     Several workers share a machine's cores: each one's torch and ONNX Runtime pools are limited to its
-    share, or they would all spin up one thread per core and slow each other down.
+    share, or they would all spin up one thread per core and slow each other down. ``spinning`` False: ONNX
+    Runtime's threads sleep between forward passes instead of spinning (a service waits for requests between them;
+    spinning would burn that time and take cores from the request handling).
     """
     import torch
 
     from emotion_pipeline.inference.predict import load_exported
 
     torch.set_num_threads(threads)
-    return load_exported(model_dir, "cpu", threads)
+    return load_exported(model_dir, "cpu", threads, spinning)
 
 
 def worker_threads(workers: int, cpus: float, threads: int | None) -> tuple[int, float]:
@@ -90,13 +92,14 @@ def worker_threads(workers: int, cpus: float, threads: int | None) -> tuple[int,
     return threads, min(float(threads), share)
 
 
-def require_ray(command: str) -> None:
-    """Ray Serve and Ray Data come with the serve extra, not the core install: say so, not an ImportError."""
+def require_ray(command: str, module: str = "ray") -> None:
+    """Ray Serve, Ray Data and the one-process engine's uvicorn come with the serve extra, not the core install: say
+    so, not an ImportError."""
     import importlib.util
 
-    if importlib.util.find_spec("ray") is None:
-        raise UserError(f"{command} runs on Ray, which the core install leaves out: install the serve extra, "
-                        f'`pip install -e ".[serve]"` (ray[serve,data]).')
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{command} runs on {module}, which the core install leaves out: install the serve extra, "
+                        f'`pip install -e ".[serve]"` (ray[serve,data], uvicorn).')
 
 
 def start_ray(address: str | None):

@@ -31,10 +31,11 @@ from pathlib import Path
 import pandas as pd
 
 from emotion_pipeline.commands import run_command
+from emotion_pipeline.data.prepared import LABELS_FILE, read_labels
 from emotion_pipeline.empty_texts import is_empty
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.inference.predict import ONNX_FILE
-from emotion_pipeline.paths import EXPORT_DIR, INT8_DIR, PREDICTIONS, TEST_DETAILS
+from emotion_pipeline.paths import EXPORT_DIR, INT8_DIR, PREDICTIONS, PREPARED_DIR, TEST_DETAILS
 from emotion_pipeline.serving.service import BadRequest, ClassifierService
 from emotion_pipeline.text_input import FORMATS, check_text_file, numbered_texts
 
@@ -104,7 +105,11 @@ def run_results(project: Path) -> dict:
     if (project / AUDIT_ISSUES).is_file():
         flagged = pd.read_csv(project / AUDIT_ISSUES, keep_default_na=False)
         audit = flagged[flagged["split"] == "test"][["row", "text", "given", "suggested", "quality"]].to_dict("records")
-    return {"labels": list(details["per_class"]),
+    # The classes in the model's order (data.labels), as the bars show them; metrics files keep them sorted by name.
+    prepared = project / PREPARED_DIR / LABELS_FILE
+    labels = read_labels(project / PREPARED_DIR) if prepared.is_file() else list(details["per_class"])
+    per_class = {name: per_class[name] for name in labels if name in per_class}
+    return {"labels": labels,
             "scores": {key: details[key] for key in ("accuracy", "macro_f1", "weighted_f1", "ece", "examples")},
             "intervals": {key: intervals.get(key) for key in ("accuracy", "macro_f1", "weighted_f1")},
             "per_class": per_class,

@@ -117,8 +117,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, pages: dict[tuple[str, str], Page] | None = None, name: str = "emotion-serve") -> None:
     """Serve until Ctrl-C or SIGTERM; ``pages``: more routes (emotion-demo's page), local engine only."""
     check_args(args)
-    if args.engine == "ray":
-        require_ray(name)
+    require_ray(name, "ray" if args.engine == "ray" else "uvicorn")
     # Ctrl-C and SIGTERM end the service the same way, from here on (model loading and Ray's start-up included).
     received: list[int] = []
 

@@ -179,7 +179,7 @@ class ClassifierService:
         from emotion_pipeline.serving.common import load_in_worker
 
         self.model_dir, self.limits, self.batching, self.max_batch_size = model_dir, limits, batching, max_batch_size
-        self.model, self.tokenizer = load_in_worker(model_dir, threads)
+        self.model, self.tokenizer = load_in_worker(model_dir, threads, spinning=False)
         self.labels = class_names(self.model.config)
         self.pages = pages or {}
         # Each text is one item tagged with its request, so a forward pass knows how many requests it served.
