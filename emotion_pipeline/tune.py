@@ -59,10 +59,8 @@ from emotion_pipeline.search.trials import (
     too_many_failures,
 )
 
-# --------------------------------------------------------------------------- the search space
-
-
-# --------------------------------------------------------------------------- trials as DVC experiments
+# A trial queued this long while none of ours runs: the queue's workers are restarted (run_study says why).
+STUCK_S = 180
 
 
 def run_study(config: TuneConfig, storage_url: str, push: str | None) -> None:
@@ -78,6 +76,7 @@ def run_study(config: TuneConfig, storage_url: str, push: str | None) -> None:
     # Several commands on one SQLite study (on this machine) ask in turn, so they stop at exactly `trials`.
     ask_lock = FileLock(str(project / STUDY_DIR / f".{config.study}.ask.lock"))
     fingerprint, last_look, last_start, last_renewal = None, 0.0, 0.0, time.monotonic()
+    stuck_since: float | None = None  # since when our trials wait, queued, and none of them runs
     print(f"study '{config.study}' ({storage_url}): {finished_count(study)} of {config.trials} trials finished; "
           f"{config.jobs} at a time", file=sys.stderr)
     try:
@@ -132,8 +131,18 @@ def run_study(config: TuneConfig, storage_url: str, push: str | None) -> None:
                     if failed >= config.max_failed_trials:
                         raise too_many_failures(config, failed)
             states = [(rows.get(name) or {}).get("state") for name in running]
+            waiting = "queued" in states and "running" not in states
+            stuck_since = (stuck_since or time.monotonic()) if waiting else None
             if "queued" in states and states.count("running") < config.jobs and time.monotonic() - last_start > 10:
                 # A trial waits while a slot is free: its worker stopped (idle timeout, or the broker's hiccup).
+                # A worker can also stay alive but deaf (seen on a loaded CI machine: waiting on its broker while
+                # the trial stays queued), and then `queue start` starts none: after STUCK_S with nothing of ours
+                # running, stop the workers (what they run finishes first) and start them afresh.
+                if stuck_since is not None and time.monotonic() - stuck_since > STUCK_S:
+                    print(f"a trial stayed queued for {STUCK_S} s with no worker taking it: restarting the queue's "
+                          "workers", file=sys.stderr)
+                    dvc("queue", "stop", check=False, timeout_s=120)
+                    stuck_since = time.monotonic()
                 dvc("queue", "start", "--jobs", str(config.jobs))
                 last_start = time.monotonic()
     except KeyboardInterrupt:

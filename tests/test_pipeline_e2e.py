@@ -129,8 +129,10 @@ def test_pipeline_end_to_end(finished_run: FinishedRun) -> None:
     assert {split: info["rows"] for split, info in report["splits"].items()} == {"train": 300, "validation": 300, "test": 300}
     assert set(report["source"]) == {"data.source", "data.revision"} and report["source"]["data.revision"] is None
     predictions = (project / "metrics/predictions.csv").read_text().splitlines()
-    assert predictions[0] == "text,actual,predicted,confidence,correct" and len(predictions) == 301
-    assert "most confident mistakes" in (project / "metrics/quality_report.md").read_text()
+    probabilities = ",".join(f"prob_{name}" for name in LABELS)  # every class's, for ensembles
+    assert predictions[0] == f"text,actual,predicted,confidence,correct,{probabilities}" and len(predictions) == 301
+    quality_report = (project / "metrics/quality_report.md").read_text()
+    assert "most confident mistakes" in quality_report and "## Label audit of the test split" in quality_report
     assert (project / "metrics/train_log/plots/metrics/train/loss.tsv").is_file()
     assert (project / "metrics/train_log/plots/metrics/eval/macro_f1.tsv").is_file()
 
