@@ -1,7 +1,7 @@
 """The `emotion-demo` command: a page in the browser to try the model and see where it goes wrong.
 
     emotion-demo                          # in a finished project: models/int8 (else models/export) and metrics/
-    emotion-demo --model models/export --port 7860
+    emotion-demo models/export --port 8080   # the fp32 export instead
     # then open http://127.0.0.1:7860/
 
 The page (demo.html, one file: no CDN, no remote font, nothing fetched from anywhere but this service, so it
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
 
     command = parser("emotion-demo")
     command.description = "A page to try an exported emotion classifier and to see its test results (metrics/)."
+    command.usage = ("%(prog)s [MODEL_DIR] [--project DIR] [--host H] [--port P] [--max-chars N] [--max-texts N] "
+                     "[--threads N] [--max-batch-size N] [--batch-wait-timeout-s S] [--no-batching]")
     command.set_defaults(port=7860)
     model = next(action for action in command._actions if action.dest == "model_dir")
     model.nargs, model.default = "?", None
