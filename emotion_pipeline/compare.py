@@ -230,6 +230,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("revisions", nargs="*", metavar="A B", help="the two sides: B − A is reported")
     parser.add_argument("--baseline", nargs="?", const=WORKSPACE, metavar="REV",
                         help="compare REV's TF-IDF baseline (A) with its fine-tune (B); REV defaults to the workspace")
+    add_bootstrap_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    args = parser.parse_args(argv)
+    run_command(lambda: run(args))
+
+
+def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    """--resamples, --confidence and --seed of the intervals and the paired verdict (compare, ensemble)."""
     parser.add_argument("--resamples", type=int, default=DEFAULTS.bootstrap_resamples,
                         help=f"bootstrap resamples (default: {DEFAULTS.bootstrap_resamples})")
     parser.add_argument("--confidence", type=float, default=DEFAULTS.confidence,
@@ -237,14 +245,15 @@ def main(argv: list[str] | None = None) -> None:
                              f"(default: {DEFAULTS.confidence})")
     parser.add_argument("--seed", type=int, default=DEFAULTS.bootstrap_seed,
                         help=f"seed of the resampling (default: {DEFAULTS.bootstrap_seed})")
-    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    args = parser.parse_args(argv)
-    run_command(lambda: run(args))
+
+
+def check_bootstrap_options(args: argparse.Namespace) -> None:
+    if args.resamples < 100 or not 0 < args.confidence < 1 or args.seed < 0:
+        raise UserError("--resamples must be at least 100, --confidence between 0 and 1, --seed at least 0.")
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.resamples < 100 or not 0 < args.confidence < 1 or args.seed < 0:
-        raise UserError("--resamples must be at least 100, --confidence between 0 and 1, --seed at least 0.")
+    check_bootstrap_options(args)
     if args.baseline is not None:
         if args.revisions:
             raise UserError("give two revisions A B, or --baseline [REV] alone, not both.")

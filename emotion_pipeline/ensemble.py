@@ -24,7 +24,14 @@ import numpy as np
 import pandas as pd
 
 from emotion_pipeline.commands import run_command
-from emotion_pipeline.compare import DEFAULTS, Side, class_labels, read_predictions, resolve
+from emotion_pipeline.compare import (
+    Side,
+    add_bootstrap_options,
+    check_bootstrap_options,
+    class_labels,
+    read_predictions,
+    resolve,
+)
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.evaluation.metrics import PROB_PREFIX, predictions_table
 from emotion_pipeline.evaluation.reports import format_interval, text_table, verdict, with_interval
@@ -67,17 +74,16 @@ def ensemble(sides: list[Side], resamples: int, confidence: float, seed: int) ->
     tables = [read_predictions(side) for side in sides]
     labels = class_labels(sides[0], sides[0])
     for side in sides[1:]:
-        if class_labels(sides[0], side) != labels:
-            raise UserError(f"'{side.name}' classifies into other classes than '{sides[0].name}'.")
+        class_labels(sides[0], side)  # a member over other classes is refused, naming both
     preds = []
     for side, table in zip(sides, tables):  # every member over the first one's texts, in its order, or refused
         y_true, _, pred = paired_labels(tables[0], table, f"'{sides[0].name}'", f"'{side.name}'", labels)
         preds.append(pred)
     mean = np.mean([probabilities(side, table, labels) for side, table in zip(sides, tables)], axis=0)
     combined = predictions_table(tables[0]["text"].tolist(), y_true, mean, labels)
-    predicted = preds + [mean.argmax(axis=1)]
+    averaged = mean.argmax(axis=1)
     rows = []
-    for side, pred in [*zip(sides, preds), (None, predicted[-1])]:
+    for side, pred in [*zip(sides, preds), (None, averaged)]:
         point = scores(y_true, pred, len(labels))  # accuracy, macro-F1, ...
         intervals = score_intervals(y_true, pred, labels, resamples, confidence, seed)
         where = {"name": "ensemble"} if side is None else {"name": side.name, "commit": side.commit, "file": side.path}
@@ -89,7 +95,7 @@ def ensemble(sides: list[Side], resamples: int, confidence: float, seed: int) ->
         raise UserError("no member has a recorded validation macro-F1 (metrics/train.json, or metrics/baseline_choice.json "
                         "for a baseline): the best member cannot be chosen without looking at test.")
     best = max(ranked, key=lambda i: rows[i]["validation_macro_f1"])
-    versus = paired_comparison(y_true, preds[best], predicted[-1], len(labels), resamples, confidence, seed)
+    versus = paired_comparison(y_true, preds[best], averaged, len(labels), resamples, confidence, seed)
     return ({"members": rows[:-1], "ensemble": rows[-1], "best_member": sides[best].name, "versus_best": versus,
              "verdict": verdict(versus, sides[best].name, "ensemble")}, combined)
 
@@ -120,12 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("members", nargs="+", metavar="MEMBER",
                         help="a git revision, an experiment name or 'workspace'; NAME:baseline for its TF-IDF baseline")
     parser.add_argument("--out", metavar="CSV", help="also write the ensemble's predictions (the columns of predictions.csv)")
-    parser.add_argument("--resamples", type=int, default=DEFAULTS.bootstrap_resamples,
-                        help=f"bootstrap resamples (default: {DEFAULTS.bootstrap_resamples})")
-    parser.add_argument("--confidence", type=float, default=DEFAULTS.confidence,
-                        help=f"confidence level of the intervals (default: {DEFAULTS.confidence})")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.bootstrap_seed,
-                        help=f"seed of the resampling (default: {DEFAULTS.bootstrap_seed})")
+    add_bootstrap_options(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     run_command(lambda: run(args))
@@ -134,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace) -> None:
     if len(args.members) < 2 or len(set(args.members)) != len(args.members):
         raise UserError(f"give two or more different members to average; got {', '.join(args.members)}.")
-    if args.resamples < 100 or not 0 < args.confidence < 1 or args.seed < 0:
-        raise UserError("--resamples must be at least 100, --confidence between 0 and 1, --seed at least 0.")
+    check_bootstrap_options(args)
     result, table = ensemble([member(spec) for spec in args.members], args.resamples, args.confidence, args.seed)
     if args.out:
         write_text(args.out, table.to_csv(index=False))

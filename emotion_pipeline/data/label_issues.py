@@ -26,15 +26,14 @@ def out_of_sample_probabilities(splits: dict[str, pd.DataFrame], num_labels: int
     """Each split's probabilities from models that never saw the text: K-fold for train, all of train for the rest."""
     from sklearn.model_selection import StratifiedKFold
 
+    from emotion_pipeline.evaluation.metrics import full_proba
     from emotion_pipeline.evaluation.tfidf import tfidf_classifier
 
     def fitted(frame: pd.DataFrame):
         return tfidf_classifier(AUDIT_SETTING, None, seed).fit(frame["text"], frame["label"])
 
-    def proba(model, frame: pd.DataFrame) -> np.ndarray:
-        probs = np.zeros((len(frame), num_labels))
-        probs[:, model.classes_] = model.predict_proba(frame["text"])
-        return probs
+    def proba(model, frame: pd.DataFrame) -> np.ndarray:  # a class missing from a fold's train gets probability 0
+        return full_proba(model.predict_proba(frame["text"]), model.classes_, num_labels)
 
     train = splits["train"]
     probs = {"train": np.zeros((len(train), num_labels))}

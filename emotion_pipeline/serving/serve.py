@@ -148,10 +148,11 @@ def run(args: argparse.Namespace, pages: dict[tuple[str, str], Page] | None = No
     _exit_interrupted(received[0], name, drained=drained)
 
 
-def ready_line(name: str, args: argparse.Namespace, labels: list[str], engine: str) -> str:
+def ready_line(name: str, args: argparse.Namespace, labels: list[str], engine: str, pages: dict) -> str:
+    """The line that says the service answers: where (its page, if it has one, else /classify) and how it batches."""
     batching = (f"batches of up to {args.max_batch_size} texts, {args.batch_wait_timeout_s * 1000:g} ms wait"
                 if args.batching else "no batching")
-    path = "/" if name == "emotion-demo" else "/classify"
+    path = "/" if ("GET", "/") in pages else "/classify"
     return (f"{name}: {args.model_dir} ({len(labels)} classes) on http://{args.host}:{args.port}{path}, {engine}, "
             f"{batching}; Ctrl-C stops it.")
 
@@ -177,7 +178,7 @@ def serve_locally(args: argparse.Namespace, labels: list[str], limits: Limits, p
         while not server.started and not server.should_exit:
             await asyncio.sleep(0.05)
         if server.started:
-            print(ready_line(name, args, labels, f"1 process x {threads} thread(s)"), file=sys.stderr, flush=True)
+            print(ready_line(name, args, labels, f"1 process x {threads} thread(s)", pages), file=sys.stderr, flush=True)
 
     async def serve() -> None:
         await asyncio.gather(server.serve(sockets=[listening]), announce())
@@ -195,7 +196,7 @@ def serve_on_ray(args: argparse.Namespace, labels: list[str], limits: Limits, pa
     app = build_app(args.model_dir, args.replicas, threads, cpus, limits, args.batching, args.max_batch_size,
                     args.batch_wait_timeout_s)
     serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": "WARNING", "enable_access_log": False})
-    print(ready_line(name, args, labels, f"Ray Serve, {args.replicas} replica(s) x {threads} thread(s)"),
+    print(ready_line(name, args, labels, f"Ray Serve, {args.replicas} replica(s) x {threads} thread(s)", pages),
           file=sys.stderr, flush=True)
     while True:
         time.sleep(3600)
