@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.paths import PARAMS_FILE
@@ -50,6 +50,9 @@ class DataConfig(Section):
     drop_label_issues: bool = Field(
         False, description="Drop the train texts whose label the audit flags as probably wrong (confident learning: "
         "emotion_pipeline.data.label_issues); validation and test are never changed. Off: train as given.")
+    audit_fold: int | None = Field(None, ge=0, description="Hold out fold k (0-based) of train, the audit's folds, as the "
+                                   "test split: the audit's fine-tune probabilities (its test scores are train scores). None: off.")
+    audit_folds: int = Field(5, ge=2, description="How many folds of train data.audit_fold counts.")
 
     @field_validator("labels")
     @classmethod
@@ -62,6 +65,15 @@ class DataConfig(Section):
         if duplicates:
             raise ValueError(f"class names must be unique; repeated: {', '.join(duplicates)}")
         return labels
+
+    @model_validator(mode="after")
+    def _audit_fold_fits(self) -> DataConfig:
+        if self.audit_fold is not None and self.audit_fold >= self.audit_folds:
+            raise ValueError(f"audit_fold {self.audit_fold} is not a fold of data.audit_folds = {self.audit_folds} "
+                             f"(valid: 0 to {self.audit_folds - 1}, or null)")
+        if self.audit_fold is not None and self.drop_label_issues:
+            raise ValueError("audit_fold holds out rows of train as given: it cannot be combined with drop_label_issues: true")
+        return self
 
 
 class ModelConfig(Section):

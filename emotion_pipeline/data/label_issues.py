@@ -7,6 +7,8 @@ train rows the audit lists (same model, folds and seed), and nothing here depend
 
 Out of sample means a text is scored by a model that never saw it: train by K-fold out-of-fold probabilities of a
 TF-IDF model (seconds on 2 cores, where K fine-tunes take hours), validation and test by a model fitted on train.
+The audit command can take train's out-of-fold probabilities from K fine-tunes instead (data.audit_fold: the same
+folds), a choice for a person with the hours; prepare's lever keeps the TF-IDF model, which needs no other run.
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ FOLDS = 5
 SEED = 0
 
 
+def train_folds(train: pd.DataFrame, folds: int = FOLDS, seed: int = SEED) -> list[np.ndarray]:
+    """The held-out rows of each of the K folds of train (stratified by label, shuffled with the seed): the audit's
+    TF-IDF folds, and the folds data.audit_fold holds out for the fine-tune's."""
+    from sklearn.model_selection import StratifiedKFold
+
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(train["text"], train["label"])
+    return [held_out for _, held_out in split]
+
+
 def out_of_sample_probabilities(splits: dict[str, pd.DataFrame], num_labels: int, folds: int = FOLDS,
                                 seed: int = SEED) -> dict[str, np.ndarray]:
     """Each split's probabilities from models that never saw the text: K-fold for train, all of train for the rest."""
-    from sklearn.model_selection import StratifiedKFold
-
     from emotion_pipeline.evaluation.metrics import full_proba
     from emotion_pipeline.evaluation.tfidf import tfidf_classifier
 
@@ -37,7 +46,8 @@ def out_of_sample_probabilities(splits: dict[str, pd.DataFrame], num_labels: int
 
     train = splits["train"]
     probs = {"train": np.zeros((len(train), num_labels))}
-    for fitted_on, held_out in StratifiedKFold(folds, shuffle=True, random_state=seed).split(train["text"], train["label"]):
+    for held_out in train_folds(train, folds, seed):
+        fitted_on = np.setdiff1d(np.arange(len(train)), held_out)
         probs["train"][held_out] = proba(fitted(train.iloc[fitted_on]), train.iloc[held_out])
     model = fitted(train)
     for split in splits.keys() - {"train"}:
