@@ -6,7 +6,7 @@
 
     # train's out-of-fold probabilities from K fine-tunes instead (K runs of the pipeline: hours on 2 cores)
     dvc exp run --queue -n audit-fold -S 'data.audit_fold=range(0,5)' evaluate && dvc queue start -j 1
-    python -m emotion_pipeline.audit --finetune audit-fold-1 audit-fold-2 ...   # the names `dvc exp show` lists
+    python -m emotion_pipeline.audit --finetune audit-fold-{1..5}   # DVC numbers a sweep from 1; the folds are 0-4
 
 dair-ai/emotion's labels come from hashtags (distant supervision): some are wrong. Confident learning
 (Northcutt et al., cleanlab's `find_label_issues`) flags an example whose given label has a low probability
