@@ -25,7 +25,7 @@ data.audit_fold = k trains on the other folds (the same stratified folds and see
 evaluate stage scores fold k as its test split, so its metrics/predictions.csv holds fold k's out-of-fold
 probabilities. Each run's data_report.json names its fold and rows; the audit checks that the K runs cover every train
 text of this project's data/prepared once, with the same texts. Validation and test keep the TF-IDF model's
-probabilities (a fold run's model saw none of them, but neither is one of the K the model you ship).
+probabilities (a fold run's model never saw them either, but none of the K is the model you ship).
 
 Outputs: audit/label_issues.csv (split, row as in data/prepared, text, given label, suggested label, quality: the
 probability of the given label, ranked worst first) and audit/report.md (counts per split and per given ->
@@ -93,8 +93,8 @@ def finetune_train_probabilities(names: list[str], train: pd.DataFrame, labels: 
                             "evaluate`) and name those.")
         folds = folds or fold["folds"]
         if fold["folds"] != folds:
-            raise UserError(f"'{name}' is fold {fold['fold']} of {fold['folds']}, the runs before it of {folds} folds: "
-                            "name one run per fold of one data.audit_folds.")
+            raise UserError(f"'{name}' is fold {fold['fold']} of {fold['folds']}, but the runs named before it are "
+                            f"folds of {folds}: name one run per fold of one data.audit_folds.")
         if fold["fold"] in runs:
             raise UserError(f"'{name}' and '{runs[fold['fold']]}' are both fold {fold['fold']} of {folds}: name one run "
                             "per fold.")
