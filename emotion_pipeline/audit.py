@@ -48,7 +48,14 @@ import numpy as np
 import pandas as pd
 
 from emotion_pipeline.commands import run_command
-from emotion_pipeline.data.label_issues import AUDIT_SETTING, FOLDS, SEED, label_issues, out_of_sample_probabilities
+from emotion_pipeline.data.label_issues import (
+    AUDIT_SETTING,
+    FOLDS,
+    SEED,
+    held_out_probabilities,
+    label_issues,
+    out_of_sample_probabilities,
+)
 from emotion_pipeline.data.prepared import read_prepared
 from emotion_pipeline.errors import UserError
 from emotion_pipeline.evaluation.reports import text_table
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=AUDIT_DIR, help="where to write (default: audit/)")
     parser.add_argument("--finetune", nargs="+", metavar="RUN",
                         help="train's probabilities from these fine-tunes instead, one experiment (or revision) per "
-                        "data.audit_fold; --folds and --seed then apply to the TF-IDF model of validation and test only")
+                        "data.audit_fold; --seed then applies to the TF-IDF model of validation and test only")
     args = parser.parse_args(argv)
     run_command(lambda: run(args))
 
@@ -172,11 +179,13 @@ def run(args: argparse.Namespace) -> None:
     if args.folds < 2 or args.top < 1:
         raise UserError("--folds must be at least 2 and --top at least 1.")
     splits, labels = read_prepared(PREPARED_DIR)
-    probs = out_of_sample_probabilities(splits, len(labels), args.folds, args.seed)
-    train_source = f"the TF-IDF model, {args.folds}-fold out-of-fold"
-    if args.finetune:
-        probs["train"], folds = finetune_train_probabilities(args.finetune, splits["train"], labels)
+    if args.finetune:  # train's from the fold runs; the TF-IDF model only for validation and test
+        train_probs, folds = finetune_train_probabilities(args.finetune, splits["train"], labels)
+        probs = {"train": train_probs, **held_out_probabilities(splits, len(labels), args.seed)}
         train_source = f"the fine-tune, {folds}-fold out-of-fold (runs {', '.join(args.finetune)})"
+    else:
+        probs = out_of_sample_probabilities(splits, len(labels), args.folds, args.seed)
+        train_source = f"the TF-IDF model, {args.folds}-fold out-of-fold"
     issues = pd.concat([label_issues(splits[split], probs[split], labels, split) for split in splits], ignore_index=True)
     duplicates, test_in_train = conflicting_duplicates(splits, labels), test_texts_in_train(splits, labels)
     write_text(args.out / "label_issues.csv", issues.to_csv(index=False))

@@ -35,24 +35,36 @@ def train_folds(train: pd.DataFrame, folds: int = FOLDS, seed: int = SEED) -> li
 def out_of_sample_probabilities(splits: dict[str, pd.DataFrame], num_labels: int, folds: int = FOLDS,
                                 seed: int = SEED) -> dict[str, np.ndarray]:
     """Each split's probabilities from models that never saw the text: K-fold for train, all of train for the rest."""
-    from emotion_pipeline.evaluation.metrics import full_proba
-    from emotion_pipeline.evaluation.tfidf import tfidf_classifier
+    return {"train": out_of_fold_probabilities(splits["train"], num_labels, folds, seed),
+            **held_out_probabilities(splits, num_labels, seed)}
 
-    def fitted(frame: pd.DataFrame):
-        return tfidf_classifier(AUDIT_SETTING, None, seed).fit(frame["text"], frame["label"])
 
-    def proba(model, frame: pd.DataFrame) -> np.ndarray:  # a class missing from a fold's train gets probability 0
-        return full_proba(model.predict_proba(frame["text"]), model.classes_, num_labels)
-
-    train = splits["train"]
-    probs = {"train": np.zeros((len(train), num_labels))}
+def out_of_fold_probabilities(train: pd.DataFrame, num_labels: int, folds: int = FOLDS, seed: int = SEED) -> np.ndarray:
+    """Train's probabilities, each text's from the TF-IDF model fitted on the other folds."""
+    probs = np.zeros((len(train), num_labels))
     for held_out in train_folds(train, folds, seed):
         fitted_on = np.setdiff1d(np.arange(len(train)), held_out)
-        probs["train"][held_out] = proba(fitted(train.iloc[fitted_on]), train.iloc[held_out])
-    model = fitted(train)
-    for split in splits.keys() - {"train"}:
-        probs[split] = proba(model, splits[split])
+        probs[held_out] = _tfidf_probabilities(_tfidf_fitted(train.iloc[fitted_on], seed), train.iloc[held_out], num_labels)
     return probs
+
+
+def held_out_probabilities(splits: dict[str, pd.DataFrame], num_labels: int, seed: int = SEED) -> dict[str, np.ndarray]:
+    """Every split's but train's probabilities, from the TF-IDF model fitted once on all of train."""
+    model = _tfidf_fitted(splits["train"], seed)
+    return {name: _tfidf_probabilities(model, frame, num_labels) for name, frame in splits.items() if name != "train"}
+
+
+def _tfidf_fitted(frame: pd.DataFrame, seed: int):
+    from emotion_pipeline.evaluation.tfidf import tfidf_classifier
+
+    return tfidf_classifier(AUDIT_SETTING, None, seed).fit(frame["text"], frame["label"])
+
+
+def _tfidf_probabilities(model, frame: pd.DataFrame, num_labels: int) -> np.ndarray:
+    """frame's probabilities under a fitted model; a class missing from the model's train gets probability 0."""
+    from emotion_pipeline.evaluation.metrics import full_proba
+
+    return full_proba(model.predict_proba(frame["text"]), model.classes_, num_labels)
 
 
 def label_issues(frame: pd.DataFrame, probs: np.ndarray, labels: list[str], split: str) -> pd.DataFrame:
@@ -71,5 +83,5 @@ def label_issues(frame: pd.DataFrame, probs: np.ndarray, labels: list[str], spli
 
 def flagged_train_rows(splits: dict[str, pd.DataFrame], labels: list[str]) -> np.ndarray:
     """The train rows the audit flags with its defaults, in row order: what data.drop_label_issues drops."""
-    probs = out_of_sample_probabilities({"train": splits["train"]}, len(labels))
-    return np.sort(label_issues(splits["train"], probs["train"], labels, "train")["row"].to_numpy())
+    probs = out_of_fold_probabilities(splits["train"], len(labels))
+    return np.sort(label_issues(splits["train"], probs, labels, "train")["row"].to_numpy())
