@@ -198,15 +198,18 @@ def test_records_stream_out_while_standard_input_is_still_open(exported):
 
 def test_sigterm_is_one_line_and_exit_143_after_the_records_so_far(exported):
     script = Path(sys.executable).with_name("emotion-predict")
+    # Unbuffered pipes: communicate() reads the file descriptor, so a buffered readline() would hide from it whatever
+    # it read past the first line (on a busy machine, part of the next record), and `out` would start mid-record.
     process = subprocess.Popen([str(script), str(exported)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=subprocess_env())
+                               stderr=subprocess.PIPE, env=subprocess_env(), bufsize=0)
     from emotion_pipeline.predict import CHUNK
 
     process.stdin.write(b"i feel so happy today\n" * CHUNK)
-    process.stdin.flush()
-    assert process.stdout.readline()  # the first chunk is out: it is waiting for more input
+    first = process.stdout.readline()
+    assert first  # the first chunk is out: it is waiting for more input
     process.terminate()
-    out, err = process.communicate(timeout=120)
+    rest, err = process.communicate(timeout=120)
+    out = first + rest
     assert process.returncode == 143, err
     lines = err.decode().strip().splitlines()
     assert lines[-1] == "interrupted (SIGTERM): the records printed so far are complete." and b"Traceback" not in err
